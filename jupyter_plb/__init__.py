@@ -1,0 +1,66 @@
+"""jupyter_plb: a load balancer for Python tasks that lives inside Jupyter.
+
+Public API: :func:`startAll`, :class:`WorkerHub`, :class:`Client`, :class:`HealthCheck`,
+:class:`Balancer`, :func:`report_progress`, and the Jupyter/IPython extension hooks.
+Heavy imports (jupyter_server, ipywidgets) happen only where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Balancer",
+    "Client",
+    "HealthCheck",
+    "LocalCluster",
+    "WorkerHub",
+    "__version__",
+    "as_completed",
+    "report_progress",
+    "startAll",
+]
+
+_LAZY = {
+    "Balancer": "balancer",
+    "Client": "client",
+    "as_completed": "client",
+    "HealthCheck": "healthcheck",
+    "LocalCluster": "launch",
+    "startAll": "launch",
+    "WorkerHub": "hub",
+    "report_progress": "worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jupyter_plb' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .extension import PlbExtension
+
+    return [{"module": "jupyter_plb", "app": PlbExtension}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-plb"}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magics import register
+
+    register(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import unregister
+
+    unregister(ipython)

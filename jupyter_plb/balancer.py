@@ -1,0 +1,1075 @@
+"""The Balancer: an asyncio service around the scheduler, with three ROUTER sockets.
+
+Everyone connects to it: clients on ``LB_CLIENTPULLPORT``, hubs and their worker processes on
+``LB_WKPULLPORT``, the health check on ``LB_HCREPPORT``. It runs on whatever asyncio loop is running
+(the Jupyter server's, or the one ``startAll`` makes). Sockets are read by ``add_reader`` callbacks
+that drain each socket until it is empty; nothing on the data path sleeps or polls on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import math
+import os
+import socket as stdsocket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import __version__, connection, parameters, protocol
+from .errors import PlbError, ProtocolError, TaskRejected
+from .protocol import Buffer, Message, Session
+from .scheduler import Scheduler, Slot
+from .stats import Stats
+from .tasks import Task, TaskState
+from .worker import FUNCTION_CACHE_SIZE
+
+log = logging.getLogger(__name__)
+
+#: Messages handled per socket before the loop gets a turn.
+DRAIN_BUDGET = 2000
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 256
+MAX_RETRIES = 100
+
+
+@dataclass(slots=True, eq=False)
+class Hub:
+    id: str
+    name: str
+    host: str
+    pid: int
+    routes: frozenset[str]
+    local: bool = False
+    python: str = ""
+    cloudpickle: str = ""
+    last_seen: float = 0.0
+    state: str = "ok"
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class StoredFunction:
+    buffers: list[Buffer]
+    digests: list[bytes]
+    refs: int = 0
+
+
+def function_digest(digests: list[bytes]) -> str:
+    """The id of a pickled function: a hash over the digests of its buffers."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()[:32]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Balancer:
+    """Receives tasks, keeps them fair, hands them to worker slots, returns their results."""
+
+    def __init__(
+        self,
+        params: parameters.Parameters | str | Path | None = None,
+        *,
+        connection_file: str | Path | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.params = params if isinstance(params, dict) else parameters.load(params)
+        if connection_file is not None:
+            self.params = {**self.params, "LB_CONNECTION_FILE": str(connection_file)}
+        self.id = protocol.new_id("lb")
+        self.now = now
+        self.scheduler = Scheduler(
+            self.params["LB_QUEING_MAXPERUSER"], prefetch=self.params["LB_PREFETCH"]
+        )
+        self.tasks: dict[str, Task] = {}
+        self.hubs: dict[str, Hub] = {}
+        self.functions: dict[str, StoredFunction] = {}
+        self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
+        self.stats = Stats()
+        self.health: dict[str, Any] = {"status": "unknown", "messages": [], "checked": None}
+        self.subscribers: set[Callable[[list[dict[str, Any]]], None]] = set()
+        self.started = 0.0
+        self.info: connection.ConnectionInfo | None = None
+        self.connection_path: Path | None = None
+        self._events: list[dict[str, Any]] = []
+        self._client_out: dict[bytes, list[tuple[dict[str, Any], list[Buffer], list[bytes]]]] = {}
+        self._retention: collections.deque[tuple[float, str]] = collections.deque()
+        self._finished: collections.deque[tuple[float, str]] = collections.deque()
+        self._unschedulable: dict[str, str] = {}
+        self._result_bytes = 0
+        self._context: zmq.Context | None = None
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pump_scheduled = False
+        self.session: Session | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return bool(self._sockets)
+
+    async def start(self) -> connection.ConnectionInfo:
+        """Bind the sockets on the running loop and write the connection file."""
+        self._loop = asyncio.get_running_loop()
+        path = connection.resolve_path(self.params)
+        key = connection.existing_key(path) or connection.new_key()
+        self.session = Session(key.encode(), max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
+        self._context = zmq.Context()
+        bind_ip = self.params["LB_BIND_IP"] or self.params["LB_IP"]
+        ports = {}
+        try:
+            for role, key_name in (
+                ("clients", "LB_CLIENTPULLPORT"),
+                ("workers", "LB_WKPULLPORT"),
+                ("health", "LB_HCREPPORT"),
+            ):
+                sock = self._context.socket(zmq.ROUTER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                sock.setsockopt(zmq.SNDHWM, 100_000)
+                sock.setsockopt(zmq.RCVHWM, 100_000)
+                sock.setsockopt(zmq.MAXMSGSIZE, self.params["LB_MAX_MESSAGE_SIZE"])
+                self._sockets[role] = sock
+                port = self.params[key_name]
+                if port:
+                    sock.bind(f"tcp://{bind_ip}:{port}")
+                else:
+                    port = sock.bind_to_random_port(f"tcp://{bind_ip}")
+                ports[role] = port
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise PlbError(
+                f"balancer cannot bind {bind_ip} ports {self.params['LB_CLIENTPULLPORT']}, "
+                f"{self.params['LB_WKPULLPORT']}, {self.params['LB_HCREPPORT']}: {exc}; another "
+                "balancer may be running, or set other ports (0 picks free ones)"
+            ) from exc
+        for sock in self._sockets.values():
+            self._loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_pump)
+        self.started = self.now()
+        self.info = connection.ConnectionInfo(
+            address=self.params["LB_IP"],
+            client_port=ports["clients"],
+            worker_port=ports["workers"],
+            health_port=ports["health"],
+            key=key,
+            balancer_id=self.id,
+        )
+        self.connection_path = connection.write(self.info, path)
+        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+        log.info(
+            "LB - STARTED %s on %s (clients %d, workers %d, health %d); connection file %s",
+            self.id, bind_ip, ports["clients"], ports["workers"], ports["health"],
+            self.connection_path,
+        )
+        self._schedule_pump()
+        return self.info
+
+    async def stop(self) -> None:
+        """Tell hubs and workers nothing more is coming, close the sockets."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_sockets()
+        log.info("LB - STOPPED %s", self.id)
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            if self._loop is not None and not sock.closed:
+                self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    @property
+    def _tick_interval(self) -> float:
+        return min(0.25, self.params["LB_HEARTBEAT_INTERVAL"] / 2)
+
+    # -- the pump: drain every socket, dispatch, flush ------------------------------------------
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if not self._sockets:
+            return
+        busy = False
+        for role, handler in (
+            ("workers", self._on_worker_message),
+            ("clients", self._on_client_message),
+            ("health", self._on_health_message),
+        ):
+            sock = self._sockets[role]
+            for _ in range(DRAIN_BUDGET):
+                frames = protocol.recv_ready(sock)
+                if frames is None:
+                    break
+                self._handle(role, sock, frames, handler)
+            else:
+                busy = True
+        self._dispatch()
+        self._flush()
+        if busy or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._sockets.values()):
+            self._schedule_pump()
+
+    def _handle(
+        self,
+        role: str,
+        sock: zmq.Socket,
+        frames: list[zmq.Frame],
+        handler: Callable[[Message], None],
+    ) -> None:
+        assert self.session is not None
+        try:
+            msg = self.session.deserialize(frames, routed=True)
+        except ProtocolError as exc:
+            log.debug("LB - dropped a message on the %s port: %s", role, exc)
+            return
+        try:
+            handler(msg)
+        except (PlbError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            log.warning("LB - bad %r message on the %s port: %s", msg.type, role, exc)
+            self.stats.bad_messages += 1
+            if "req" in msg.header and msg.identity is not None:
+                self._reply(sock, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
+
+    def _send(
+        self,
+        role: str,
+        identity: bytes,
+        header: dict[str, Any],
+        buffers: list[Buffer] | None = None,
+        digests: list[bytes] | None = None,
+    ) -> bool:
+        assert self.session is not None
+        sock = self._sockets.get(role)
+        if sock is None:
+            return False
+        try:
+            protocol.send(sock, self.session.serialize(header, buffers or [], digests), identity)
+        except zmq.ZMQError as exc:
+            log.debug("LB - cannot send %s to %r: %s", header.get("type"), identity, exc)
+            return False
+        return True
+
+    def _reply(self, sock: zmq.Socket, msg: Message, header: dict[str, Any]) -> None:
+        role = next(r for r, s in self._sockets.items() if s is sock)
+        header["req"] = msg.header.get("req")
+        assert msg.identity is not None
+        self._send(role, msg.identity, header)
+
+    # -- clients ----------------------------------------------------------------------------
+    def _on_client_message(self, msg: Message) -> None:
+        handler = self._client_handlers.get(msg.type)
+        if handler is None:
+            raise TaskRejected(f"unknown message type {msg.type!r}")
+        handler(self, msg)
+
+    def _client_reply(self, msg: Message, header: dict[str, Any], buffers=None, digests=None):
+        header["req"] = msg.header.get("req")
+        assert msg.identity is not None
+        self._send("clients", msg.identity, header, buffers, digests)
+
+    def _on_hello(self, msg: Message) -> None:
+        self._client_reply(msg, {
+            "type": "welcome",
+            "balancer": self.id,
+            "version": __version__,
+            "max_queued_per_user": self.params["LB_QUEING_MAXPERUSER"],
+            "result_retention": self.params["LB_RESULT_RETENTION"],
+        })
+        outstanding = msg.header.get("outstanding") or []
+        if isinstance(outstanding, list):
+            unknown = []
+            for task_id in outstanding[:1_000_000]:
+                task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+                if task is None:
+                    unknown.append(task_id)
+                else:
+                    task.client = msg.identity
+                    if task.state.finished:
+                        self._queue_result(task)
+            if unknown:
+                self._client_reply(msg, {"type": "unknown", "ids": unknown})
+
+    def _on_submit(self, msg: Message) -> None:
+        header = msg.header
+        now = self.now()
+        position = 0
+        fn_ids: dict[str, str] = {}
+        for spec in header.get("fns", []):
+            count = int(spec["nbuf"])
+            if count < 1 or position + count > len(msg.buffers):
+                raise TaskRejected("function buffers missing from the message")
+            buffers = msg.buffers[position : position + count]
+            digests = msg.digests[position : position + count]
+            position += count
+            fn_id = function_digest(digests)
+            if spec.get("fn") != fn_id:
+                raise TaskRejected("function digest does not match its buffers")
+            fn_ids[fn_id] = fn_id
+            if fn_id not in self.functions:
+                self.functions[fn_id] = StoredFunction(buffers, digests)
+        accepted: list[str] = []
+        rejected: dict[str, str] = {}
+        warnings: dict[str, str] = {}
+        for spec in header.get("tasks", []):
+            count = spec.get("nbuf", 0)
+            if not isinstance(count, int) or count < 0 or position + count > len(msg.buffers):
+                raise TaskRejected("task buffers missing from the message")
+            buffers = msg.buffers[position : position + count]
+            digests = msg.digests[position : position + count]
+            position += count
+            task_id = spec.get("id")
+            try:
+                task = self._new_task(spec, msg.identity, now)
+            except PlbError as exc:
+                if isinstance(task_id, str):
+                    rejected[task_id[:MAX_ID_LENGTH]] = str(exc)
+                continue
+            if task.id in self.tasks:
+                accepted.append(task.id)
+                self.tasks[task.id].client = msg.identity
+                continue
+            if task.fn is not None and task.fn not in self.functions:
+                rejected[task.id] = "the task's function was not sent with it; resubmit"
+                continue
+            try:
+                self.scheduler.submit(task)
+            except PlbError as exc:
+                rejected[task.id] = str(exc)
+                continue
+            task.buffers, task.digests = buffers, digests
+            if task.fn is not None:
+                self.functions[task.fn].refs += 1
+            self.tasks[task.id] = task
+            accepted.append(task.id)
+            self.stats.submitted(task, now)
+            reason = self.scheduler.unschedulable_reason(task) if self.scheduler.slots else None
+            if reason:
+                task.reason = reason
+                self._unschedulable[task.id] = reason
+                warnings[task.id] = reason
+            self._event(task)
+        self._drop_unused_functions(fn_ids)
+        self._client_reply(msg, {
+            "type": "submitted", "accepted": accepted, "rejected": rejected, "warnings": warnings,
+        })
+
+    def _new_task(self, spec: dict[str, Any], client: bytes | None, now: float) -> Task:
+        task_id = spec.get("id")
+        if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_ID_LENGTH:
+            raise TaskRejected(f"task id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        user = spec.get("user")
+        if not isinstance(user, str) or not 0 < len(user) <= MAX_NAME_LENGTH:
+            raise TaskRejected(f"user must be a string of 1 to {MAX_NAME_LENGTH} characters")
+        priority = spec.get("priority", 0)
+        if not _finite(priority):
+            raise TaskRejected(f"priority must be a finite number, got {priority!r}")
+        name = spec.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise TaskRejected(f"task name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+        route = spec.get("route")
+        fn = spec.get("fn")
+        if (route is None) == (fn is None):
+            raise TaskRejected("a task names either a hub task (route) or a function (fn)")
+        if route is not None and (not isinstance(route, str) or len(route) > MAX_NAME_LENGTH):
+            raise TaskRejected("route must be a task name string")
+        if fn is not None and not isinstance(fn, str):
+            raise TaskRejected("fn must be a function digest string")
+        timeout = spec.get("timeout")
+        if timeout is not None and (not _finite(timeout) or timeout <= 0):
+            raise TaskRejected(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        retries = spec.get("retries", 0)
+        if not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise TaskRejected(f"retries must be an integer from 0 to {MAX_RETRIES}")
+        return Task(
+            id=task_id,
+            user=user,
+            priority=float(priority),
+            name=name,
+            route=route,
+            client=client,
+            fn=fn,
+            payload=spec.get("payload"),
+            timeout=float(timeout) if timeout is not None else None,
+            retries=retries,
+            submitted=now,
+            chunk=bool(spec.get("chunk", False)),
+        )
+
+    def _drop_unused_functions(self, fn_ids: dict[str, str]) -> None:
+        for fn_id in fn_ids:
+            stored = self.functions.get(fn_id)
+            if stored is not None and stored.refs <= 0:
+                del self.functions[fn_id]
+
+    def _on_get(self, msg: Message) -> None:
+        ids = msg.header.get("ids")
+        if not isinstance(ids, list):
+            raise TaskRejected("'ids' must be a list of task ids")
+        now = self.now()
+        infos: dict[str, Any] = {}
+        buffers: list[Buffer] = []
+        digests: list[bytes] = []
+        for task_id in ids[:10_000]:
+            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if task is None:
+                continue
+            info = task.summary()
+            if task.state.finished and task.result is not None:
+                info["result"] = {**task.result, "nbuf": len(task.result_buffers)}
+                buffers.extend(task.result_buffers)
+                digests.extend(task.result_digests)
+                self._collected(task, now)
+            infos[str(task_id)] = info
+        self._client_reply(msg, {"type": "status", "tasks": infos}, buffers, digests)
+
+    def _on_cancel(self, msg: Message) -> None:
+        ids = msg.header.get("ids")
+        if not isinstance(ids, list):
+            raise TaskRejected("'ids' must be a list of task ids")
+        results = {str(i): self.cancel(i) for i in ids[:100_000] if isinstance(i, str)}
+        self._client_reply(msg, {"type": "cancelled", "results": results})
+
+    def _on_ack(self, msg: Message) -> None:
+        now = self.now()
+        for task_id in msg.header.get("ids", [])[:100_000]:
+            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if task is not None and task.state.finished:
+                self._collected(task, now)
+
+    def _on_status(self, msg: Message) -> None:
+        self._client_reply(msg, {"type": "snapshot", "data": self.snapshot()})
+
+    def _on_tasks(self, msg: Message) -> None:
+        header = msg.header
+        self._client_reply(msg, {
+            "type": "task_list",
+            **self.list_tasks(
+                state=header.get("state"),
+                user=header.get("user"),
+                name=header.get("name"),
+                offset=int(header.get("offset", 0)),
+                limit=int(header.get("limit", 100)),
+            ),
+        })
+
+    _client_handlers: dict[str, Callable[[Balancer, Message], None]] = {
+        "hello": _on_hello,
+        "submit": _on_submit,
+        "get": _on_get,
+        "cancel": _on_cancel,
+        "ack": _on_ack,
+        "status": _on_status,
+        "tasks": _on_tasks,
+    }
+
+    # -- hubs and workers ---------------------------------------------------------------------
+    def _on_worker_message(self, msg: Message) -> None:
+        handler = self._worker_handlers.get(msg.type)
+        if handler is None:
+            raise TaskRejected(f"unknown message type {msg.type!r}")
+        handler(self, msg)
+
+    def _on_hub_hello(self, msg: Message) -> None:
+        h = msg.header
+        hub_id = str(h["hub"])[:MAX_ID_LENGTH]
+        if hub_id not in self.hubs and len(self.hubs) >= self.params["LB_MAX_PEERS"]:
+            raise TaskRejected("too many hubs connected (LB_MAX_PEERS)")
+        routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
+        hub = self.hubs.get(hub_id)
+        if hub is None:
+            hub = self.hubs[hub_id] = Hub(hub_id, "", "", 0, routes)
+            log.info("LB - ADDING HUB (%s) from %s", hub_id, h.get("host"))
+        hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
+        hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
+        hub.pid = int(h.get("pid", 0))
+        hub.routes = routes
+        hub.local = bool(h.get("local", False))
+        hub.python = str(h.get("python", ""))[:32]
+        hub.cloudpickle = str(h.get("cloudpickle", ""))[:32]
+        hub.last_seen = self.now()
+        hub.state = "ok"
+        assert msg.identity is not None
+        self._send("workers", msg.identity, {
+            "type": "hub_welcome",
+            "balancer": self.id,
+            "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
+        })
+
+    def _on_heartbeat(self, msg: Message) -> None:
+        hub = self.hubs.get(str(msg.header.get("hub")))
+        assert msg.identity is not None
+        if hub is None:
+            self._send("workers", msg.identity, {"type": "reregister", "balancer": self.id})
+            return
+        hub.last_seen = self.now()
+        state = msg.header.get("state")
+        if state in ("ok", "unhealthy", "draining"):
+            hub.state = state
+        self._send("workers", msg.identity, {"type": "heartbeat_ack", "balancer": self.id})
+
+    def _on_worker_ready(self, msg: Message) -> None:
+        h = msg.header
+        worker_id = str(h["worker"])[:MAX_ID_LENGTH]
+        hub_id = str(h["hub"])[:MAX_ID_LENGTH]
+        if msg.identity != worker_id.encode():
+            raise TaskRejected("a worker must announce itself from its own connection")
+        min_p, max_p = h["min_p"], h["max_p"]
+        if not (_finite(min_p) and _finite(max_p) and min_p <= max_p):
+            raise TaskRejected("worker priority range must be two numbers with min_p <= max_p")
+        hub = self.hubs.get(hub_id)
+        if hub is None:
+            hub = self.hubs[hub_id] = Hub(hub_id, hub_id, "", 0, frozenset(), last_seen=self.now())
+        if worker_id in self.scheduler.slots:
+            return
+        if sum(len(x.workers) for x in self.hubs.values()) >= self.params["LB_MAX_PEERS"]:
+            raise TaskRejected("too many workers connected (LB_MAX_PEERS)")
+        routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
+        self.scheduler.add_slot(worker_id, hub_id, float(min_p), float(max_p), routes)
+        self.worker_functions[worker_id] = collections.OrderedDict()
+        hub.workers[worker_id] = {
+            "id": worker_id,
+            "pid": int(h.get("pid", 0)),
+            "min_p": min_p,
+            "max_p": max_p,
+            "process_p": int(h.get("process_p", 0)),
+            "done": 0,
+        }
+        log.info("LB - ADDING WORKER (%s)", worker_id)
+        self._recheck_unschedulable()
+
+    def _on_results(self, msg: Message) -> None:
+        worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
+        now = self.now()
+        position = 0
+        for info in msg.header.get("results", []):
+            count = int(info.get("nbuf", 0))
+            if count < 0 or position + count > len(msg.buffers):
+                raise TaskRejected("result buffers missing from the message")
+            buffers = msg.buffers[position : position + count]
+            digests = msg.digests[position : position + count]
+            position += count
+            self._on_result(worker_id, info, buffers, digests, now)
+
+    def _on_result(
+        self,
+        worker_id: str,
+        info: dict[str, Any],
+        buffers: list[Buffer],
+        digests: list[bytes],
+        now: float,
+    ) -> None:
+        task_id = info.get("id")
+        released = self.scheduler.release(worker_id, task_id) if isinstance(task_id, str) else None
+        slot = self.scheduler.slot_of(worker_id)
+        if released is not None and slot is not None and slot.assigned:
+            following = next(iter(slot.assigned.values()))
+            if following.started is None:
+                following.started = now
+        task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is None or task.state.finished:
+            return
+        if task.state is TaskState.QUEUED:
+            self.scheduler.cancel_queued(task.id)
+        elif task.worker != worker_id and task.worker is not None:
+            self._skip_on_worker(task)
+        state = TaskState.DONE if info.get("state") == "done" else TaskState.FAILED
+        result = {
+            key: info[key]
+            for key in ("error", "stdout", "stderr")
+            if key in info and info[key] is not None
+        }
+        started = info.get("started")
+        ended = info.get("ended")
+        if _finite(started):
+            task.started = float(started)
+        task.worker = worker_id
+        hub = self._hub_of(worker_id)
+        if hub is not None:
+            task.hub = hub.id
+            hub.workers[worker_id]["done"] += 1
+        self._finish(task, state, now, result, buffers, digests)
+        if _finite(ended) and _finite(started):
+            self.stats.ran(task, float(started), float(ended))
+
+    def _on_progress(self, msg: Message) -> None:
+        task = self.tasks.get(str(msg.header.get("id")))
+        value = msg.header.get("value")
+        if task is None or task.state is not TaskState.RUNNING or not _finite(value):
+            return
+        task.progress = max(1, min(99, int(value)))
+        if task.client is not None:
+            self._send("clients", task.client, {
+                "type": "progress", "id": task.id, "progress": task.progress,
+            })
+        self._event(task)
+
+    def _on_worker_lost(self, msg: Message) -> None:
+        worker_id = str(msg.header.get("worker"))
+        reason = str(msg.header.get("reason", "the worker process died"))[:1000]
+        self._lose_worker(worker_id, reason, count_attempt=True)
+
+    def _on_hub_bye(self, msg: Message) -> None:
+        hub = self.hubs.pop(str(msg.header.get("hub")), None)
+        if hub is not None:
+            log.info("LB - HUB LEFT (%s)", hub.id)
+            for worker_id in list(hub.workers):
+                self._lose_worker(worker_id, f"hub {hub.name} stopped", count_attempt=False)
+
+    _worker_handlers: dict[str, Callable[[Balancer, Message], None]] = {
+        "hub_hello": _on_hub_hello,
+        "heartbeat": _on_heartbeat,
+        "worker_ready": _on_worker_ready,
+        "results": _on_results,
+        "progress": _on_progress,
+        "worker_lost": _on_worker_lost,
+        "hub_bye": _on_hub_bye,
+    }
+
+    def _hub_of(self, worker_id: str) -> Hub | None:
+        slot = self.scheduler.slot_of(worker_id)
+        if slot is not None:
+            return self.hubs.get(slot.group)
+        return next((h for h in self.hubs.values() if worker_id in h.workers), None)
+
+    def _lose_worker(self, worker_id: str, reason: str, *, count_attempt: bool) -> None:
+        """A worker is gone: its running task is retried or fails, its prefetched ones requeue."""
+        hub = self._hub_of(worker_id)
+        if hub is not None:
+            hub.workers.pop(worker_id, None)
+        self.worker_functions.pop(worker_id, None)
+        tasks = self.scheduler.remove_slot(worker_id)
+        if tasks or hub is not None:
+            log.warning("LB - WORKER LOST (%s): %s", worker_id, reason)
+        now = self.now()
+        for index, task in enumerate(tasks):
+            if task.state is not TaskState.RUNNING:
+                continue
+            if index == 0 and count_attempt:
+                task.attempts += 1
+                if task.attempts > task.retries:
+                    self._fail(task, "WorkerLost", f"worker {worker_id} was lost: {reason}", now)
+                    continue
+            self._requeue(task)
+        self._recheck_unschedulable()
+
+    def _requeue(self, task: Task) -> None:
+        task.state = TaskState.QUEUED
+        task.worker = None
+        task.started = None
+        task.progress = 0
+        self.scheduler.requeue(task)
+        self._event(task)
+
+    def kill_worker(self, worker_id: str, reason: str) -> None:
+        """Ask the worker's hub to kill it (it is replaced at once); its tasks are settled now."""
+        hub = self._hub_of(worker_id)
+        if hub is not None:
+            self._send("workers", hub.id.encode(), {
+                "type": "kill_worker", "worker": worker_id, "reason": reason,
+            })
+        self._lose_worker(worker_id, reason, count_attempt=False)
+
+    def _skip_on_worker(self, task: Task) -> None:
+        if task.worker is not None:
+            self._send("workers", task.worker.encode(), {"type": "skip", "id": task.id})
+
+    # -- health check --------------------------------------------------------------------------
+    def _on_health_message(self, msg: Message) -> None:
+        sock = self._sockets["health"]
+        if msg.type == "health":
+            self._reply(sock, msg, {"type": "health_report", **self.health_report()})
+        elif msg.type == "health_update":
+            status = msg.header.get("status")
+            messages = msg.header.get("messages", [])
+            if status in ("ok", "warning", "error") and isinstance(messages, list):
+                self.health = {
+                    "status": status,
+                    "messages": [str(m)[:1000] for m in messages[:100]],
+                    "checked": self.now(),
+                }
+        elif msg.type == "status":
+            self._reply(sock, msg, {"type": "snapshot", "data": self.snapshot()})
+        else:
+            raise TaskRejected(f"unknown message type {msg.type!r}")
+
+    def health_report(self) -> dict[str, Any]:
+        now = self.now()
+        interval = self.params["LB_HEARTBEAT_INTERVAL"]
+        overdue = [
+            t.id for s in self.scheduler.slots.values() for t in list(s.assigned.values())[:1]
+            if t.timeout and t.started and now - t.started > t.timeout
+        ]
+        return {
+            "balancer": self.id,
+            "hubs": len(self.hubs),
+            "workers": len(self.scheduler.slots),
+            "queued": self.scheduler.queued_count,
+            "running": self.scheduler.running_count,
+            "silent_hubs": [
+                h.name for h in self.hubs.values() if now - h.last_seen > 2 * interval
+            ],
+            "unhealthy_hubs": [h.name for h in self.hubs.values() if h.state == "unhealthy"],
+            "overdue": overdue[:100],
+            "unschedulable": len(self._unschedulable),
+        }
+
+    # -- dispatch and results -----------------------------------------------------------------
+    def _dispatch(self) -> None:
+        assignments = self.scheduler.dispatch()
+        if not assignments:
+            return
+        now = self.now()
+        by_slot: dict[str, tuple[Slot, list[Task]]] = {}
+        for slot, task in assignments:
+            task.state = TaskState.RUNNING
+            task.worker = slot.id
+            task.hub = slot.group
+            task.reason = None
+            self._unschedulable.pop(task.id, None)
+            if len(slot.assigned) == 1:
+                task.started = now
+            by_slot.setdefault(slot.id, (slot, []))[1].append(task)
+            self.stats.dispatched(task, now)
+            self._event(task)
+        for slot_id, (_slot, tasks) in by_slot.items():
+            self._send_tasks(slot_id, tasks)
+
+    def _send_tasks(self, worker_id: str, tasks: list[Task]) -> None:
+        cache = self.worker_functions.setdefault(worker_id, collections.OrderedDict())
+        specs: list[dict[str, Any]] = []
+        buffers: list[Buffer] = []
+        digests: list[bytes] = []
+        for task in tasks:
+            spec: dict[str, Any] = {"id": task.id, "nbuf": len(task.buffers)}
+            if task.route is not None:
+                spec["route"] = task.route
+                spec["payload"] = task.payload
+            else:
+                spec["fn"] = task.fn
+                if task.chunk:
+                    spec["chunk"] = True
+                if task.fn in cache:
+                    cache.move_to_end(task.fn)
+                else:
+                    stored = self.functions[task.fn]
+                    spec["fnbuf"] = len(stored.buffers)
+                    buffers.extend(stored.buffers)
+                    digests.extend(stored.digests)
+                    cache[task.fn] = None
+                    if len(cache) > FUNCTION_CACHE_SIZE:
+                        cache.popitem(last=False)
+            buffers.extend(task.buffers)
+            digests.extend(task.digests)
+            specs.append(spec)
+        if not self._send("workers", worker_id.encode(), {"type": "tasks", "tasks": specs}, buffers, digests):
+            self._lose_worker(worker_id, "its connection is gone", count_attempt=False)
+
+    def _finish(
+        self,
+        task: Task,
+        state: TaskState,
+        now: float,
+        result: dict[str, Any],
+        buffers: list[Buffer] | None = None,
+        digests: list[bytes] | None = None,
+    ) -> None:
+        task.state = state
+        task.ended = now
+        task.progress = 100 if state is TaskState.DONE else None
+        task.result = result
+        task.result_buffers = buffers or []
+        task.result_digests = digests or []
+        task.result_size = sum(protocol.buffer_size(b) for b in task.result_buffers)
+        self._result_bytes += task.result_size
+        self._release_payload(task)
+        self._unschedulable.pop(task.id, None)
+        self.stats.finished(task, now)
+        self._finished.append((now, task.id))
+        self._queue_result(task)
+        self._event(task)
+        self._enforce_memory_budget()
+
+    def _fail(self, task: Task, kind: str, message: str, now: float) -> None:
+        error = {"type": kind, "message": message, "traceback": ""}
+        self._finish(task, TaskState.FAILED, now, {"error": error})
+
+    def _release_payload(self, task: Task) -> None:
+        if task.fn is not None and task.fn in self.functions:
+            stored = self.functions[task.fn]
+            stored.refs -= 1
+            if stored.refs <= 0:
+                del self.functions[task.fn]
+        task.buffers = []
+        task.digests = []
+
+    def _queue_result(self, task: Task) -> None:
+        if task.client is None:
+            return
+        info = task.summary()
+        if task.result is not None:
+            info.update(task.result)
+        info["nbuf"] = len(task.result_buffers)
+        self._client_out.setdefault(task.client, []).append(
+            (info, task.result_buffers, task.result_digests)
+        )
+
+    def _flush(self) -> None:
+        if self._client_out:
+            outgoing, self._client_out = self._client_out, {}
+            for client, items in outgoing.items():
+                header = {"type": "results", "results": [info for info, _, _ in items]}
+                buffers = [b for _, bufs, _ in items for b in bufs]
+                digests = [d for _, _, digs in items for d in digs]
+                self._send("clients", client, header, buffers, digests)
+        if self._events:
+            events, self._events = self._events, []
+            for callback in list(self.subscribers):
+                try:
+                    callback(events)
+                except Exception:
+                    log.exception("LB - a task-event subscriber failed; removing it")
+                    self.subscribers.discard(callback)
+
+    def _event(self, task: Task) -> None:
+        if self.subscribers:
+            self._events.append(task.summary())
+
+    def _collected(self, task: Task, now: float) -> None:
+        if task.collected is None:
+            task.collected = now
+            self._retention.append((now + self.params["LB_RESULT_RETENTION"], task.id))
+
+    def _forget(self, task: Task) -> None:
+        self.tasks.pop(task.id, None)
+        self._result_bytes -= task.result_size
+        task.result_buffers = []
+        task.result_digests = []
+        task.result_size = 0
+
+    def _enforce_memory_budget(self) -> None:
+        budget = self.params["LB_RESULT_MEMORY"]
+        while self._result_bytes > budget and self._finished:
+            _, task_id = self._finished.popleft()
+            task = self.tasks.get(task_id)
+            if task is not None and task.result_size:
+                log.warning(
+                    "LB - result of %s dropped: results held exceed LB_RESULT_MEMORY (%d bytes)",
+                    task_id, budget,
+                )
+                self._forget(task)
+
+    # -- cancel ---------------------------------------------------------------------------------
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a task: queued → removed; running → its worker is killed and replaced.
+
+        A finished task's result is dropped. Returns ``{"cancelled", "state", "from"}`` where
+        ``from`` is the seed's ``queue`` / ``pending`` / ``done`` / None.
+        """
+        task = self.tasks.get(task_id)
+        now = self.now()
+        if task is None:
+            return {"cancelled": False, "state": None, "from": None}
+        if task.state is TaskState.QUEUED:
+            self.scheduler.cancel_queued(task.id)
+            self._finish(task, TaskState.CANCELLED, now, {})
+            self._schedule_pump()
+            return {"cancelled": True, "state": "cancelled", "from": "queue"}
+        if task.state is TaskState.RUNNING:
+            slot = self.scheduler.slot_of(task.worker or "")
+            is_head = slot is not None and next(iter(slot.assigned), None) == task.id
+            if is_head and task.worker is not None:
+                self.scheduler.release(task.worker, task.id)
+                self._finish(task, TaskState.CANCELLED, now, {})
+                self.kill_worker(task.worker, f"task {task.id} was cancelled")
+            else:
+                if task.worker is not None:
+                    self.scheduler.release(task.worker, task.id)
+                self._skip_on_worker(task)
+                self._finish(task, TaskState.CANCELLED, now, {})
+            self._schedule_pump()
+            return {"cancelled": True, "state": "cancelled", "from": "pending"}
+        state = task.state.value
+        self._forget(task)
+        return {"cancelled": False, "state": state, "from": "done"}
+
+    def cancel_user(self, user: str) -> int:
+        """Cancel every queued task of ``user``; return how many."""
+        ids = [t.id for t in self.scheduler.queued_tasks() if t.user == user]
+        for task_id in ids:
+            self.cancel(task_id)
+        return len(ids)
+
+    # -- periodic work (control path only) -----------------------------------------------------
+    def _tick(self) -> None:
+        try:
+            now = self.now()
+            self._check_hubs(now)
+            self._check_timeouts(now)
+            self._expire(now)
+            self.stats.roll(now, self.scheduler.queued_count)
+            self._dispatch()
+            self._flush()
+        except Exception:
+            log.exception("LB - periodic check failed")
+        finally:
+            if self._loop is not None and self._sockets:
+                self._timer = self._loop.call_later(self._tick_interval, self._tick)
+
+    def _check_hubs(self, now: float) -> None:
+        limit = 3 * self.params["LB_HEARTBEAT_INTERVAL"]
+        for hub in list(self.hubs.values()):
+            if hub.state != "lost" and now - hub.last_seen > limit:
+                hub.state = "lost"
+                log.warning("LB - HUB LOST (%s): no heartbeat for %.1f s", hub.name, now - hub.last_seen)
+                for worker_id in list(hub.workers):
+                    self._lose_worker(worker_id, f"hub {hub.name} stopped answering", count_attempt=False)
+            if hub.state == "lost" and now - hub.last_seen > max(60.0, 10 * limit):
+                del self.hubs[hub.id]
+
+    def _check_timeouts(self, now: float) -> None:
+        for slot in list(self.scheduler.slots.values()):
+            head = next(iter(slot.assigned.values()), None)
+            if head is None or not head.timeout or head.started is None:
+                continue
+            if now - head.started > head.timeout:
+                self.scheduler.release(slot.id, head.id)
+                self._finish(head, TaskState.FAILED, now, {"error": {
+                    "type": "TaskTimeout",
+                    "message": f"task ran longer than its timeout of {head.timeout:g} s; its worker was killed",
+                    "traceback": "",
+                }})
+                self.kill_worker(slot.id, f"task {head.id} timed out")
+        for task_id, _reason in list(self._unschedulable.items()):
+            task = self.tasks.get(task_id)
+            if task is not None and task.timeout and now - task.submitted > task.timeout:
+                self.scheduler.cancel_queued(task.id)
+                self._fail(task, "TaskRejected", f"no worker could take it within {task.timeout:g} s: {task.reason}", now)
+
+    def _expire(self, now: float) -> None:
+        while self._retention and self._retention[0][0] <= now:
+            _, task_id = self._retention.popleft()
+            task = self.tasks.get(task_id)
+            if task is not None:
+                self._forget(task)
+        ttl = self.params["LB_RESULT_TTL"]
+        while self._finished and self._finished[0][0] + ttl <= now:
+            _, task_id = self._finished.popleft()
+            task = self.tasks.get(task_id)
+            if task is not None and task.collected is None:
+                self._forget(task)
+
+    def _recheck_unschedulable(self) -> None:
+        for task in self.scheduler.queued_tasks() if self._unschedulable or self.scheduler.slots else []:
+            reason = self.scheduler.unschedulable_reason(task)
+            if reason and task.id not in self._unschedulable:
+                task.reason = reason
+                self._unschedulable[task.id] = reason
+                if task.client is not None:
+                    self._send("clients", task.client, {"type": "warning", "id": task.id, "reason": reason})
+            elif not reason and task.id in self._unschedulable:
+                task.reason = None
+                del self._unschedulable[task.id]
+
+    # -- views for the monitor, the health check and the magics ---------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        now = self.now()
+        info = self.info
+        queued_by_user = self.scheduler.user_counts()
+        users = []
+        for user, counts in self.stats.per_user.items():
+            queued, running = queued_by_user.get(user, (0, 0))
+            users.append({"user": user, "queued": queued, "running": running, **counts})
+        hubs = []
+        for hub in self.hubs.values():
+            workers = []
+            for worker_id, winfo in hub.workers.items():
+                slot = self.scheduler.slot_of(worker_id)
+                head = next(iter(slot.assigned.values()), None) if slot else None
+                workers.append({
+                    **winfo,
+                    "state": "busy" if head is not None else "idle",
+                    "task": {"id": head.id, "name": head.name, "user": head.user, "started": head.started}
+                    if head is not None else None,
+                })
+            hubs.append({
+                "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
+                "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
+                "local": hub.local, "python": hub.python, "workers": workers,
+            })
+        queues: dict[str, dict[str, Any]] = {}
+        for task in self.scheduler.queued_tasks()[:100_000]:
+            entry = queues.setdefault(task.name, {"name": task.name, "queued": 0, "max_wait": 0.0})
+            entry["queued"] += 1
+            entry["max_wait"] = max(entry["max_wait"], now - task.submitted)
+        return {
+            "time": now,
+            "balancer": {
+                "id": self.id,
+                "version": __version__,
+                "started": self.started,
+                "uptime": now - self.started if self.started else 0.0,
+                "address": f"tcp://{info.address}" if info else None,
+                "ports": {"clients": info.client_port, "workers": info.worker_port, "health": info.health_port}
+                if info else {},
+                "host": stdsocket.gethostname(),
+                "pid": os.getpid(),
+            },
+            "health": self.health,
+            "totals": {
+                "queued": self.scheduler.queued_count,
+                "running": self.scheduler.running_count,
+                **self.stats.totals(),
+                "bad_messages": self.stats.bad_messages + sum(self.session.rejected.values())
+                if self.session else self.stats.bad_messages,
+            },
+            "rejected": dict(self.session.rejected) if self.session else {},
+            "rates": self.stats.rates(),
+            "throughput": self.stats.history(),
+            "users": sorted(users, key=lambda u: u["user"]),
+            "hubs": hubs,
+            "queues": sorted(queues.values(), key=lambda q: q["name"]),
+            "stats": self.stats.per_name_list(),
+            "unschedulable": [
+                {"id": t.id, "name": t.name, "user": t.user, "priority": t.priority, "reason": t.reason}
+                for t in (self.tasks.get(i) for i in list(self._unschedulable)[:100]) if t is not None
+            ],
+            "recent_failures": list(self.stats.failures),
+            "timeline": list(self.stats.timeline),
+        }
+
+    def list_tasks(
+        self,
+        state: str | None = None,
+        user: str | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        limit = max(0, min(limit, 1000))
+        offset = max(0, offset)
+        matches = [
+            t for t in reversed(self.tasks.values())
+            if (state is None or t.state.value == state)
+            and (user is None or t.user == user)
+            and (name is None or t.name == name)
+        ]
+        return {"total": len(matches), "tasks": [t.summary() for t in matches[offset : offset + limit]]}
+
+    def task_info(self, task_id: str) -> dict[str, Any] | None:
+        task = self.tasks.get(task_id)
+        return task.summary() if task is not None else None

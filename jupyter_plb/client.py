@@ -1,0 +1,745 @@
+"""Client: the seed's ``sendTask/getTask/cancelTask`` and a ``concurrent.futures``-style API.
+
+One background thread owns the ZeroMQ connection: it forwards what user threads send, receives
+the results the balancer pushes, and resolves futures. Nothing polls the balancer for results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import getpass
+import hashlib
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import connection, parameters, protocol
+from .errors import (
+    BalancerUnreachable,
+    DeserializationError,
+    PlbError,
+    QueueFull,
+    RemoteTraceback,
+    TaskFailed,
+    TaskRejected,
+    TaskTimeout,
+    UnknownTask,
+    WorkerLost,
+)
+from .protocol import Buffer, Message, Session
+
+log = logging.getLogger(__name__)
+
+#: Tasks per submit message when many are sent at once.
+SUBMIT_BATCH = 1000
+#: Seconds a collected seed-API result stays in the client's cache (as on the balancer).
+CACHE_RETENTION = 60.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+def default_user() -> str:
+    """The fairness bucket when none is given: ``$PLB_USER``, else the login name."""
+    if os.environ.get("PLB_USER"):
+        return os.environ["PLB_USER"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "anonymous"
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class PlbFuture(concurrent.futures.Future):
+    """A task's future: ``result()``, ``exception()``, ``cancel()`` (remote), awaitable.
+
+    Also carries what the balancer told about the task: ``state``, ``progress``, ``worker``,
+    ``hub``, ``started``, ``ended``, the task's captured ``stdout``/``stderr``, and ``warning``
+    when no connected worker can take it.
+    """
+
+    def __init__(self, client: _Connection | None, task_id: str, name: str) -> None:
+        super().__init__()
+        self._connection = client
+        self.task_id = task_id
+        self.name = name
+        self.state = "queued"
+        self.progress: int | None = 0
+        self.worker: str | None = None
+        self.hub: str | None = None
+        self.submitted = time.time()
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self.warning: str | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the task on the balancer (a running one has its worker killed)."""
+        if self.done():
+            return super().cancel()
+        if self._connection is None:
+            return super().cancel()
+        reply = self._connection.cancel([self.task_id]).get(self.task_id, {})
+        if reply.get("cancelled"):
+            self.state = "cancelled"
+            self.progress = None
+            return super().cancel()
+        return False
+
+    def __await__(self):  # type: ignore[override]
+        return asyncio.wrap_future(self).__await__()
+
+    @property
+    def elapsed(self) -> float:
+        end = self.ended or time.time()
+        return max(0.0, end - (self.started or self.submitted))
+
+    def __repr__(self) -> str:
+        return f"<PlbFuture {self.task_id} {self.name} {self.state}>"
+
+    def _repr_html_(self) -> str:
+        from .display import future_html
+
+        return future_html(self)
+
+
+def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseException:
+    error = info.get("error") or {}
+    kind = str(error.get("type", "Error"))
+    message = str(error.get("message", ""))
+    remote_tb = str(error.get("traceback", ""))
+    exc: BaseException | None = None
+    if kind == "WorkerLost":
+        exc = WorkerLost(message)
+    elif kind == "TaskTimeout":
+        exc = TaskTimeout(message)
+    elif kind == "TaskRejected":
+        exc = TaskRejected(message)
+    elif buffers:
+        with contextlib.suppress(DeserializationError):
+            loaded = protocol.loads(buffers)
+            if isinstance(loaded, BaseException):
+                exc = loaded
+    if exc is None:
+        exc = TaskFailed(kind, message, remote_tb)
+    if remote_tb:
+        exc.__cause__ = RemoteTraceback(remote_tb)
+    return exc
+
+
+class _Connection:
+    """The socket, its I/O thread and the bookkeeping of tasks in flight. Shared by views."""
+
+    def __init__(self, info: connection.ConnectionInfo, params: parameters.Parameters) -> None:
+        self.info = info
+        self.params = params
+        self.session = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
+        self.id = protocol.new_id("client")
+        self.context = zmq.Context()
+        self.futures: dict[str, PlbFuture] = {}
+        self.seed_results: dict[str, dict[str, Any]] = {}
+        self.seed_collected: collections.deque[tuple[float, str]] = collections.deque()
+        self.requests: dict[str, concurrent.futures.Future[Message]] = {}
+        self.balancer_id: str | None = None
+        self.max_queued_per_user = 0
+        self.closed = False
+        self._lock = threading.Lock()
+        self._req_counter = itertools.count(1)
+        self._inbox_url = f"inproc://{self.id}"
+        self._pull = self.context.socket(zmq.PULL)
+        self._pull.bind(self._inbox_url)
+        self._push = self.context.socket(zmq.PUSH)
+        self._push.connect(self._inbox_url)
+        self._push.setsockopt(zmq.SNDHWM, 0)
+        self._pull.setsockopt(zmq.RCVHWM, 0)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, self.id.encode())
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(info.client_url)
+        self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
+        self._thread.start()
+
+    # -- sending -------------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> None:
+        """Sign and send from any thread (the I/O thread sends directly, others through it)."""
+        if self.closed:
+            raise PlbError("this client is closed; create a new Client()")
+        with self._lock:
+            frames = self.session.serialize(header, buffers)
+            if threading.current_thread() is self._thread:
+                protocol.send(self.socket, frames)
+            else:
+                self._push.send_multipart(frames, copy=False)
+
+    def request(self, header: dict[str, Any], buffers: Sequence[Buffer] = (), timeout: float | None = None) -> Message:
+        """Send and wait for the reply naming the same request id."""
+        req = f"r{next(self._req_counter)}"
+        header["req"] = req
+        reply: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        self.requests[req] = reply
+        self.send(header, buffers)
+        wait = timeout if timeout is not None else self.request_timeout
+        try:
+            msg = reply.result(wait)
+        except concurrent.futures.TimeoutError:
+            raise BalancerUnreachable(
+                f"the balancer at {self.info.client_url} did not answer {header['type']!r} within "
+                f"{wait:g} s; is it running (`plb start`, or JupyterLab with jupyter_plb)?"
+            ) from None
+        finally:
+            self.requests.pop(req, None)
+        if msg.type == "error":
+            raise TaskRejected(str(msg.header.get("error")))
+        return msg
+
+    @property
+    def request_timeout(self) -> float:
+        return max(self.params["SOCKET_TIMEOUT"] / 1000 * 10, 5.0)
+
+    def hello(self, timeout: float) -> None:
+        msg = self.request({"type": "hello", "outstanding": list(self.futures)}, timeout=timeout)
+        self.balancer_id = msg.header.get("balancer")
+        self.max_queued_per_user = int(msg.header.get("max_queued_per_user") or 0)
+
+    def cancel(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        msg = self.request({"type": "cancel", "ids": ids})
+        return msg.header.get("results", {})
+
+    # -- the I/O thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        try:
+            while not self.closed:
+                events = dict(poller.poll())
+                if self._pull in events:
+                    self._forward()
+                if self.socket in events:
+                    self._receive()
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("plb client I/O thread failed")
+        finally:
+            self._fail_all(PlbError("the client was closed before the task finished"))
+
+    def _forward(self) -> None:
+        while (frames := protocol.recv_ready(self._pull)) is not None:
+            if frames and frames[0].bytes == b"close":
+                self.closed = True
+                return
+            with self._lock:
+                protocol.send(self.socket, frames)
+
+    def _receive(self) -> None:
+        acks: list[str] = []
+        while (frames := protocol.recv_ready(self.socket)) is not None:
+            try:
+                msg = self.session.deserialize(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("plb client dropped a message: %s", exc)
+                continue
+            self._handle(msg, acks)
+        if acks:
+            self.send({"type": "ack", "ids": acks})
+
+    def _handle(self, msg: Message, acks: list[str]) -> None:
+        req = msg.header.get("req")
+        if req is not None and req in self.requests:
+            self.requests[req].set_result(msg)
+            if msg.type == "submitted":
+                self._on_submitted(msg)
+            return
+        if msg.type == "results":
+            self._on_results(msg, acks)
+        elif msg.type == "submitted":
+            self._on_submitted(msg)
+        elif msg.type == "progress":
+            fut = self.futures.get(str(msg.header.get("id")))
+            if fut is not None:
+                fut.progress = msg.header.get("progress")
+                fut.state = "running"
+        elif msg.type == "warning":
+            fut = self.futures.get(str(msg.header.get("id")))
+            reason = str(msg.header.get("reason"))
+            if fut is not None:
+                fut.warning = reason
+            log.warning("plb task %s cannot run yet: %s", msg.header.get("id"), reason)
+        elif msg.type == "unknown":
+            for task_id in msg.header.get("ids", []):
+                fut = self.futures.pop(task_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(UnknownTask(f"the balancer lost task {task_id}"))
+
+    def _on_submitted(self, msg: Message) -> None:
+        for task_id, reason in msg.header.get("rejected", {}).items():
+            fut = self.futures.pop(task_id, None)
+            if fut is not None and not fut.done():
+                kind = QueueFull if "LB_QUEING_MAXPERUSER" in reason else TaskRejected
+                fut.state = "failed"
+                fut.set_exception(kind(reason))
+        for task_id, reason in msg.header.get("warnings", {}).items():
+            fut = self.futures.get(task_id)
+            if fut is not None:
+                fut.warning = reason
+            log.warning("plb task %s cannot run yet: %s", task_id, reason)
+
+    def _on_results(self, msg: Message, acks: list[str]) -> None:
+        position = 0
+        now = time.time()
+        for info in msg.header.get("results", []):
+            count = int(info.get("nbuf", 0))
+            buffers = msg.buffers[position : position + count]
+            position += count
+            task_id = info.get("id")
+            acks.append(task_id)
+            fut = self.futures.pop(task_id, None)
+            if fut is None:
+                self._cache_seed_result(task_id, info, buffers, now)
+                continue
+            self._settle(fut, info, buffers)
+
+    def _cache_seed_result(self, task_id: str, info: dict[str, Any], buffers: Sequence[Buffer], now: float) -> None:
+        entry = dict(info)
+        if info.get("state") == "done":
+            try:
+                entry["value"] = protocol.loads(buffers)
+            except DeserializationError as exc:
+                entry["state"] = "failed"
+                entry["error"] = {"type": "DeserializationError", "message": str(exc)}
+        self.seed_results[task_id] = entry
+
+    def _settle(self, fut: PlbFuture, info: dict[str, Any], buffers: Sequence[Buffer]) -> None:
+        if fut.done():
+            return
+        fut.state = info.get("state", "failed")
+        fut.progress = info.get("progress")
+        fut.worker = info.get("worker")
+        fut.hub = info.get("hub")
+        fut.started = info.get("started")
+        fut.ended = info.get("ended")
+        fut.stdout = info.get("stdout", "")
+        fut.stderr = info.get("stderr", "")
+        if fut.state == "done":
+            try:
+                value = protocol.loads(buffers)
+            except DeserializationError as exc:
+                fut.state = "failed"
+                fut.set_exception(exc)
+                return
+            fut.set_result(value)
+        elif fut.state == "cancelled":
+            concurrent.futures.Future.cancel(fut)
+            fut.set_running_or_notify_cancel()
+        else:
+            fut.set_exception(_rebuild_exception(info, buffers))
+
+    def _fail_all(self, exc: PlbError) -> None:
+        for fut in list(self.futures.values()):
+            if not fut.done():
+                fut.set_exception(exc)
+        self.futures.clear()
+
+    def expire_seed_results(self) -> None:
+        now = time.time()
+        while self.seed_collected and self.seed_collected[0][0] <= now:
+            _, task_id = self.seed_collected.popleft()
+            self.seed_results.pop(task_id, None)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(zmq.ZMQError), self._lock:
+            self._push.send(b"close")
+        self._thread.join(5)
+        self.closed = True
+        for sock in (self._push, self._pull, self.socket):
+            sock.close(linger=0)
+        self.context.term()
+
+
+class _Batch:
+    """A ``map`` in flight: one pickled function, arguments fed while the queue has room."""
+
+    def __init__(
+        self,
+        submitter: _Submitter,
+        fn: Callable[..., Any],
+        items: Iterator[tuple[Any, ...]],
+        chunksize: int,
+    ) -> None:
+        self.submitter = submitter
+        self.fn_buffers, self.fn_id = submitter._pickle_function(fn)
+        self.name = _function_name(fn)
+        self.items = items
+        self.chunksize = chunksize
+        self.window = submitter._connection.max_queued_per_user or 0
+        self.outstanding = 0
+        self.futures: list[PlbFuture] = []
+        self.exhausted = False
+        self._lock = threading.Lock()
+
+    def feed(self, *_: Any) -> None:
+        with self._lock:
+            if _:
+                self.outstanding -= 1
+            if self.exhausted:
+                return
+            room = self.window - self.outstanding if self.window else SUBMIT_BATCH * 10
+            if self.window and room < min(SUBMIT_BATCH, self.window) // 2 and self.outstanding:
+                return
+            specs: list[tuple[dict[str, Any], list[Buffer], PlbFuture]] = []
+            while len(specs) < room:
+                chunk = list(itertools.islice(self.items, self.chunksize))
+                if not chunk:
+                    self.exhausted = True
+                    break
+                if self.chunksize == 1:
+                    payload: tuple[Any, dict[str, Any]] = (chunk[0], {})
+                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                else:
+                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, (chunk, {}))
+                    spec["chunk"] = True
+                specs.append((spec, buffers, fut))
+            self.outstanding += len(specs)
+        for start in range(0, len(specs), SUBMIT_BATCH):
+            part = specs[start : start + SUBMIT_BATCH]
+            self.submitter._send_tasks(part, self.fn_id, self.fn_buffers)
+            for _spec, _buffers, fut in part:
+                self.futures.append(fut)
+                fut.add_done_callback(self.feed)
+
+    def __iter__(self) -> Iterator[PlbFuture]:
+        index = 0
+        while True:
+            if index < len(self.futures):
+                yield self.futures[index]
+                index += 1
+                continue
+            if self.exhausted:
+                return
+            self.feed()
+            if index >= len(self.futures):
+                running = [f for f in self.futures if not f.done()]
+                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+
+
+class _Submitter:
+    """The submitting API, shared by Client and the views ``Client.options(...)`` returns."""
+
+    _connection: _Connection
+    _defaults: dict[str, Any]
+
+    # -- concurrent.futures-style API ------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> PlbFuture:
+        """Run ``fn(*args, **kwargs)`` on a worker; return its future."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
+        fn_buffers, fn_id = self._pickle_function(fn)
+        spec, buffers, fut = self._function_task(fn_id, _function_name(fn), (args, kwargs))
+        self._send_tasks([(spec, buffers, fut)], fn_id, fn_buffers)
+        return fut
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``: results in order; an exception is raised when its turn comes."""
+        futures = self.map_futures(fn, *iterables, chunksize=chunksize)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            for fut in futures:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                value = fut.result(remaining)
+                if chunksize > 1:
+                    yield from value
+                else:
+                    yield value
+
+        return results()
+
+    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> Iterator[PlbFuture]:
+        """Submit ``fn`` over the arguments, chunked; iterate the futures in order (one per chunk).
+
+        Tasks are fed to the balancer as results come back, never more than the per-user queue
+        limit at a time, so a long map does not hit ``LB_QUEING_MAXPERUSER``.
+        """
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be an integer >= 1")
+        batch = _Batch(self, fn, zip(*iterables, strict=False), chunksize)
+        batch.feed()
+        return iter(batch)
+
+    def options(self, **overrides: Any) -> ClientView:
+        """A view with other defaults: ``priority=``, ``user=``, ``timeout=``, ``retries=``."""
+        unknown = set(overrides) - {"priority", "user", "timeout", "retries"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; use priority, user, timeout, retries")
+        return ClientView(self._connection, {**self._defaults, **overrides})
+
+    # -- seed API ----------------------------------------------------------------------------------
+    def sendTask(  # noqa: N802
+        self, taskname: str, task: Any = None, userid: str | None = None, priority: float = 0
+    ) -> dict[str, Any]:
+        """Queue the hub task ``taskname`` with the JSON ``task``; ``{'taskid'}`` or ``{'error'}``."""
+        try:
+            json.dumps(task)
+        except (TypeError, ValueError) as exc:
+            return {"error": f"the task must be JSON serializable: {exc}"}
+        task_id = protocol.new_id("t")
+        spec = {
+            "id": task_id,
+            "name": str(taskname),
+            "route": str(taskname),
+            "payload": task,
+            "user": userid or self._defaults["user"],
+            "priority": priority,
+            "nbuf": 0,
+            **self._limits(),
+        }
+        header = {"type": "submit", "fns": [], "tasks": [spec]}
+        try:
+            reply = self._connection.request(header)
+        except PlbError as exc:
+            return {"error": str(exc)}
+        if task_id in reply.header.get("rejected", {}):
+            return {"error": reply.header["rejected"][task_id]}
+        return {"taskid": task_id}
+
+    def getTask(self, taskid: str | list[str]) -> dict[str, Any]:  # noqa: N802
+        """``{'progress', 'result'}`` for one id, ``{id: {...}}`` for a list; progress None if unknown."""
+        ids = [taskid] if isinstance(taskid, str) else list(taskid)
+        conn = self._connection
+        conn.expire_seed_results()
+        answers: dict[str, dict[str, Any]] = {}
+        missing = []
+        for task_id in ids:
+            cached = conn.seed_results.get(task_id)
+            if cached is not None:
+                answers[task_id] = self._seed_answer(cached)
+                if not cached.get("collected"):
+                    cached["collected"] = True
+                    conn.seed_collected.append((time.time() + CACHE_RETENTION, task_id))
+            else:
+                missing.append(task_id)
+        if missing:
+            try:
+                reply = conn.request({"type": "get", "ids": missing})
+            except PlbError as exc:
+                return {"error": str(exc)}
+            position = 0
+            infos = reply.header.get("tasks", {})
+            for task_id in missing:
+                info = infos.get(task_id)
+                if info is None:
+                    answers[task_id] = {"progress": None, "result": None, "state": None}
+                    continue
+                result = info.get("result") or {}
+                count = int(result.get("nbuf", 0))
+                buffers = reply.buffers[position : position + count]
+                position += count
+                if result:
+                    info = {**info, **result}
+                    conn._cache_seed_result(task_id, info, buffers, time.time())
+                    entry = conn.seed_results[task_id]
+                    entry["collected"] = True
+                    conn.seed_collected.append((time.time() + CACHE_RETENTION, task_id))
+                    answers[task_id] = self._seed_answer(entry)
+                else:
+                    answers[task_id] = self._seed_answer(info)
+        if isinstance(taskid, str):
+            return answers[taskid]
+        return answers
+
+    @staticmethod
+    def _seed_answer(info: dict[str, Any]) -> dict[str, Any]:
+        state = info.get("state")
+        answer: dict[str, Any] = {"progress": info.get("progress"), "result": None, "state": state}
+        if state == "done":
+            answer["progress"] = 100
+            answer["result"] = info.get("value")
+        elif state in ("failed", "cancelled"):
+            answer["progress"] = None
+            error = info.get("error")
+            if isinstance(error, dict):
+                answer["error"] = f"{error.get('type')}: {error.get('message')}"
+                answer["traceback"] = error.get("traceback", "")
+            elif error:
+                answer["error"] = error
+        for key in ("stdout", "stderr"):
+            if info.get(key):
+                answer[key] = info[key]
+        return answer
+
+    def cancelTask(self, taskid: str) -> dict[str, Any]:  # noqa: N802
+        """Cancel a queued or running task: ``{'deleted': bool, 'from': 'queue'|'pending'|'done'|None}``."""
+        self._connection.seed_results.pop(taskid, None)
+        try:
+            result = self._connection.cancel([taskid]).get(taskid, {})
+        except PlbError as exc:
+            return {"deleted": False, "from": None, "error": str(exc)}
+        deleted = bool(result.get("cancelled")) or result.get("from") == "done"
+        return {"deleted": deleted, "from": result.get("from"), "state": result.get("state")}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _limits(self) -> dict[str, Any]:
+        return {"timeout": self._defaults.get("timeout"), "retries": self._defaults.get("retries") or 0}
+
+    def _pickle_function(self, fn: Callable[..., Any]) -> tuple[list[Buffer], str]:
+        buffers = protocol.dumps(fn)
+        digests = [protocol.digest(b) for b in buffers]
+        return buffers, hashlib.sha256(b"".join(digests)).hexdigest()[:32]
+
+    def _function_task(
+        self, fn_id: str, name: str, payload: tuple[Any, dict[str, Any]]
+    ) -> tuple[dict[str, Any], list[Buffer], PlbFuture]:
+        buffers = protocol.dumps(payload)
+        task_id = protocol.new_id("t")
+        spec = {
+            "id": task_id,
+            "name": name,
+            "fn": fn_id,
+            "user": self._defaults["user"],
+            "priority": self._defaults.get("priority", 0),
+            "nbuf": len(buffers),
+            **self._limits(),
+        }
+        return spec, buffers, PlbFuture(self._connection, task_id, name)
+
+    def _send_tasks(
+        self,
+        tasks: list[tuple[dict[str, Any], list[Buffer], PlbFuture]],
+        fn_id: str,
+        fn_buffers: list[Buffer],
+    ) -> None:
+        conn = self._connection
+        for spec, _buffers, fut in tasks:
+            conn.futures[spec["id"]] = fut
+        header = {
+            "type": "submit",
+            "fns": [{"fn": fn_id, "nbuf": len(fn_buffers)}],
+            "tasks": [spec for spec, _, _ in tasks],
+        }
+        conn.send(header, [*fn_buffers, *(b for _, bufs, _ in tasks for b in bufs)])
+
+    # -- information ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The balancer's snapshot (the monitor's ``/plb/api/status``)."""
+        return self._connection.request({"type": "status"}).header["data"]
+
+    def hubs(self) -> list[dict[str, Any]]:
+        return self.status()["hubs"]
+
+    def tasks(self, **filters: Any) -> dict[str, Any]:
+        """Tasks known to the balancer: ``state=``, ``user=``, ``name=``, ``offset=``, ``limit=``."""
+        return self._connection.request({"type": "tasks", **filters}).header
+
+    def cancel(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return self._connection.cancel(list(ids))
+
+    def future(self, task_id: str) -> PlbFuture | None:
+        """The future of a task this client submitted and is still waiting for."""
+        return self._connection.futures.get(task_id)
+
+    def outstanding(self) -> list[PlbFuture]:
+        return list(self._connection.futures.values())
+
+
+class ClientView(_Submitter):
+    """The same connection with other defaults (``Client.options``)."""
+
+    def __init__(self, conn: _Connection, defaults: dict[str, Any]) -> None:
+        self._connection = conn
+        self._defaults = defaults
+
+
+class Client(_Submitter):
+    """Connects to a balancer and sends it tasks.
+
+    ``Client()`` finds the balancer from ``$PLB_CONNECTION_FILE``, else the connection file in
+    the Jupyter runtime dir; ``Client('parameters.json')`` (the seed's form) uses the file's
+    ``LB_IP``/ports and the connection file's key.
+    """
+
+    def __init__(
+        self,
+        params: parameters.Parameters | str | Path | None = None,
+        *,
+        connection_file: str | Path | None = None,
+        user: str | None = None,
+        priority: float = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        loaded = params if isinstance(params, dict) else parameters.load(params)
+        if connection_file is not None:
+            info = connection.read(connection_file)
+        elif params is not None:
+            info = connection.from_parameters(loaded)
+        else:
+            info = connection.read(connection.resolve_path(loaded))
+        self._connection = _Connection(info, loaded)
+        self._defaults = {"user": user or default_user(), "priority": priority, "timeout": timeout, "retries": retries}
+        try:
+            self._connection.hello(connect_timeout)
+        except BaseException:
+            self._connection.close()
+            raise
+        weakref.finalize(self, self._connection.close)
+
+    @property
+    def connection_info(self) -> connection.ConnectionInfo:
+        return self._connection.info
+
+    @property
+    def user(self) -> str:
+        return self._defaults["user"]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Like ``Executor.shutdown``: optionally cancel outstanding tasks, wait, then disconnect."""
+        conn = self._connection
+        if conn.closed:
+            return
+        pending = [f for f in conn.futures.values() if not f.done()]
+        if cancel_futures and pending:
+            with contextlib.suppress(PlbError):
+                conn.cancel([f.task_id for f in pending])
+        if wait:
+            concurrent.futures.wait(pending)
+        conn.close()
+
+    close = shutdown
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)
+
+
+as_completed = concurrent.futures.as_completed
+wait = concurrent.futures.wait

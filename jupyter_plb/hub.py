@@ -1,0 +1,395 @@
+"""WorkerHub: starts worker processes on one machine and supervises them.
+
+The hub registers with the balancer, heartbeats, and spawns, renices, kills and replaces its
+workers; the workers talk to the balancer directly, so a task costs four hops, not six.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket as stdsocket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from . import connection, parameters, protocol
+from .connection import ConnectionInfo
+from .errors import PlbError
+from .protocol import Message, Session
+from .worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+#: Priority range of workers made with ``workers=N`` (no priority groups): any priority.
+ANY_PRIORITY = (-1e9, 1e9)
+#: Worker deaths within CRASH_WINDOW seconds that mark the hub unhealthy and slow respawns.
+CRASH_LIMIT = 5
+CRASH_WINDOW = 30.0
+MAX_RESPAWN_DELAY = 30.0
+
+_WORKER_COMMAND = "from jupyter_plb.worker import run_from_stdin; run_from_stdin()"
+
+
+def groups_for(workers: int | list[dict[str, Any]] | None, params: parameters.Parameters) -> list[dict[str, Any]]:
+    """Worker groups from a count (any priority), a list of seed groups, or WKHUB_WORKERS."""
+    if workers is None:
+        return params["WKHUB_WORKERS"]
+    if isinstance(workers, int):
+        if workers < 0:
+            raise PlbError("workers must be >= 0")
+        lo, hi = ANY_PRIORITY
+        return [{"nWorkers": workers, "minP": lo, "maxP": hi, "processP": 0}]
+    return parameters.validate({"WKHUB_WORKERS": workers}, "workers")["WKHUB_WORKERS"]
+
+
+@dataclass(slots=True, eq=False)
+class _WorkerProcess:
+    id: str
+    group: dict[str, Any]
+    process: subprocess.Popen[bytes]
+    control: int
+    started: float
+    kill_requested: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Supervision:
+    deaths: collections.deque[float] = field(default_factory=collections.deque)
+    respawn_delay: float = 0.0
+
+
+class WorkerHub:
+    """Seed API: ``WorkerHub(params)``, ``addTask(name, fn, **kwargs)``, ``startWKHUB()``."""
+
+    def __init__(
+        self,
+        params: parameters.Parameters | str | Path | None = None,
+        *,
+        connection_file: str | Path | None = None,
+        workers: int | list[dict[str, Any]] | None = None,
+        name: str | None = None,
+        local: bool = False,
+    ) -> None:
+        self.params = params if isinstance(params, dict) else parameters.load(params)
+        self._explicit_params = params is not None
+        self._connection_file = connection_file
+        self.groups = groups_for(workers, self.params)
+        self.id = protocol.new_id("hub")
+        self.name = name or f"{stdsocket.gethostname()}:{os.getpid()}"
+        self.local = local
+        self.tasks: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+        self.workers: dict[str, _WorkerProcess] = {}
+        self.state = "ok"
+        self.balancer_id: str | None = None
+        self._supervision = _Supervision()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._socket: zmq.Socket | None = None
+        self._context: zmq.Context | None = None
+        self._session: Session | None = None
+        self._info: ConnectionInfo | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._stopped = threading.Event()
+        self._last_ack = 0.0
+
+    # -- seed API ----------------------------------------------------------------------------
+    def addTask(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> None:  # noqa: N802
+        """Offer the named task ``name``: workers call ``fn(task=<client dict>, **kwargs)``."""
+        if not isinstance(name, str) or not name:
+            raise PlbError("a task name must be a non-empty string")
+        if not callable(fn):
+            raise PlbError(f"the task {name!r} needs a callable, got {type(fn).__name__}")
+        if name in self.tasks:
+            log.warning("WKHUB - task %r was already added; replacing it", name)
+        self.tasks[name] = (fn, kwargs)
+
+    def rmvTask(self, name: str) -> None:  # noqa: N802
+        self.tasks.pop(name, None)
+
+    def startWKHUB(self) -> None:  # noqa: N802
+        """Run the hub until SIGINT/SIGTERM (blocks)."""
+        asyncio.run(self.run())
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def connection_info(self) -> ConnectionInfo:
+        if self._connection_file is not None:
+            return connection.read(self._connection_file)
+        if self._explicit_params:
+            return connection.from_parameters(self.params)
+        return connection.read(connection.resolve_path(self.params))
+
+    async def run(self) -> None:
+        """Register, spawn the workers, and supervise them until stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._info = self.connection_info()
+        self._session = Session(self._info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.IDENTITY, self.id.encode())
+        self._socket.setsockopt(zmq.LINGER, 500)
+        self._socket.connect(self._info.worker_url)
+        self._loop.add_reader(self._socket.getsockopt(zmq.FD), self._on_readable)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self._loop.add_signal_handler(sig, self.stop)
+        self._stopped.clear()
+        self._done = asyncio.Event()
+        self._hello()
+        for group in self.groups:
+            for _ in range(group["nWorkers"]):
+                self._spawn(group)
+        self._beat()
+        log.info(
+            "WKHUB - %s (%s) started %d worker(s), connected to %s",
+            self.name, self.id, len(self.workers), self._info.worker_url,
+        )
+        try:
+            await self._done.wait()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Stop from any thread: say goodbye, stop the workers, return from ``run``."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._request_stop)
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._done.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._send({"type": "hub_bye", "hub": self.id})
+        for proc in list(self.workers.values()):
+            self._stop_worker(proc)
+        deadline = time.monotonic() + 5
+        for proc in list(self.workers.values()):
+            try:
+                proc.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait()
+            self._forget_worker(proc)
+        assert self._loop is not None and self._socket is not None and self._context is not None
+        self._loop.remove_reader(self._socket.getsockopt(zmq.FD))
+        self._socket.close(linger=500)
+        self._context.term()
+        log.info("WKHUB - %s stopped", self.name)
+        self._stopped.set()
+
+    # -- messages ------------------------------------------------------------------------------
+    def _send(self, header: dict[str, Any]) -> None:
+        assert self._session is not None and self._socket is not None
+        with contextlib.suppress(zmq.ZMQError):
+            protocol.send(self._socket, self._session.serialize(header))
+
+    def _hello(self) -> None:
+        self._send({
+            "type": "hub_hello",
+            "hub": self.id,
+            "name": self.name,
+            "host": stdsocket.gethostname(),
+            "pid": os.getpid(),
+            "routes": sorted(self.tasks),
+            "local": self.local,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "cloudpickle": cloudpickle.__version__,
+        })
+
+    def _on_readable(self) -> None:
+        assert self._socket is not None and self._session is not None
+        while (frames := protocol.recv_ready(self._socket)) is not None:
+            try:
+                msg = self._session.deserialize(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("WKHUB - dropped a message: %s", exc)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: Message) -> None:
+        balancer = msg.header.get("balancer")
+        if msg.type in ("hub_welcome", "heartbeat_ack"):
+            self._last_ack = time.monotonic()
+            if balancer != self.balancer_id:
+                if self.balancer_id is not None:
+                    log.info("WKHUB - balancer changed to %s; workers announce again", balancer)
+                    self._announce_workers()
+                self.balancer_id = balancer
+        elif msg.type == "reregister":
+            log.info("WKHUB - balancer %s does not know this hub; registering again", balancer)
+            self.balancer_id = balancer
+            self._hello()
+            self._announce_workers()
+        elif msg.type == "kill_worker":
+            proc = self.workers.get(str(msg.header.get("worker")))
+            if proc is not None:
+                log.info("WKHUB - killing %s: %s", proc.id, msg.header.get("reason"))
+                proc.kill_requested = True
+                with contextlib.suppress(ProcessLookupError):
+                    proc.process.kill()
+
+    def _announce_workers(self) -> None:
+        for proc in self.workers.values():
+            with contextlib.suppress(OSError):
+                os.write(proc.control, b"A")
+
+    def _beat(self) -> None:
+        self._send({
+            "type": "heartbeat",
+            "hub": self.id,
+            "state": self.state,
+            "workers": list(self.workers),
+        })
+        assert self._loop is not None
+        self._heartbeat = self._loop.call_later(self.params["LB_HEARTBEAT_INTERVAL"], self._beat)
+
+    # -- workers -------------------------------------------------------------------------------
+    def _spawn(self, group: dict[str, Any]) -> None:
+        assert self._info is not None and self._loop is not None
+        worker_id = protocol.new_id("worker")
+        read_fd, write_fd = os.pipe()
+        config = WorkerConfig(
+            url=self._info.worker_url,
+            key=self._info.key_bytes,
+            worker_id=worker_id,
+            hub_id=self.id,
+            min_p=float(group["minP"]),
+            max_p=float(group["maxP"]),
+            process_p=int(group.get("processP", 0)),
+            routes=cloudpickle.dumps(self.tasks),
+            control_fd=read_fd,
+            max_message_size=self.params["LB_MAX_MESSAGE_SIZE"],
+        )
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_COMMAND],
+                stdin=subprocess.PIPE,
+                pass_fds=(read_fd,),
+                close_fds=True,
+            )
+        finally:
+            os.close(read_fd)
+        assert process.stdin is not None
+        try:
+            process.stdin.write(pickle.dumps(config))
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc = _WorkerProcess(worker_id, group, process, write_fd, time.monotonic())
+        self.workers[worker_id] = proc
+        self._watch(proc)
+
+    def _watch(self, proc: _WorkerProcess) -> None:
+        """Call ``_on_exit`` when the process ends, without polling (pidfd, else a waiting thread)."""
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            pidfd = os.pidfd_open(proc.process.pid)
+        except (AttributeError, OSError):
+            def wait() -> None:
+                proc.process.wait()
+                loop.call_soon_threadsafe(self._on_exit, proc, -1)
+
+            threading.Thread(target=wait, daemon=True, name=f"wait-{proc.id}").start()
+            return
+        loop.add_reader(pidfd, self._on_exit, proc, pidfd)
+
+    def _on_exit(self, proc: _WorkerProcess, pidfd: int) -> None:
+        assert self._loop is not None
+        if pidfd >= 0:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        code = proc.process.wait()
+        self._forget_worker(proc)
+        if self._stopping:
+            return
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                reason = f"killed by {signal.Signals(-code).name}"
+        else:
+            reason = f"exited with code {code}"
+        if code < 0 and -code not in signal.Signals._value2member_map_:
+            reason = f"killed by signal {-code}"
+        log.warning("WKHUB - worker %s %s", proc.id, reason)
+        self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id, "reason": reason})
+        delay = 0.0 if proc.kill_requested else self._crash_delay()
+        if delay:
+            log.warning("WKHUB - workers keep dying; next start in %.0f s", delay)
+            self._loop.call_later(delay, self._respawn, proc.group)
+        else:
+            self._spawn(proc.group)
+
+    def _respawn(self, group: dict[str, Any]) -> None:
+        if not self._stopping:
+            self._spawn(group)
+
+    def _crash_delay(self) -> float:
+        now = time.monotonic()
+        deaths = self._supervision.deaths
+        deaths.append(now)
+        while deaths and now - deaths[0] > CRASH_WINDOW:
+            deaths.popleft()
+        if len(deaths) >= CRASH_LIMIT:
+            self.state = "unhealthy"
+            current = self._supervision.respawn_delay
+            self._supervision.respawn_delay = min(MAX_RESPAWN_DELAY, max(1.0, current * 2))
+            return self._supervision.respawn_delay
+        self.state = "ok"
+        self._supervision.respawn_delay = 0.0
+        return 0.0
+
+    def _stop_worker(self, proc: _WorkerProcess) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.process.terminate()
+
+    def _forget_worker(self, proc: _WorkerProcess) -> None:
+        if self.workers.pop(proc.id, None) is not None:
+            with contextlib.suppress(OSError):
+                os.close(proc.control)
+
+
+def load_tasks(spec: str) -> dict[str, Callable[..., Any]]:
+    """``module:attr`` naming a dict of task name → function (or a function, named after itself)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PlbError(f"--tasks expects module:attr, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PlbError(f"--tasks {spec}: cannot import {module_name!r} ({exc})") from None
+    try:
+        value = getattr(module, attr)
+    except AttributeError:
+        raise PlbError(f"--tasks {spec}: {module_name!r} has no attribute {attr!r}") from None
+    if callable(value):
+        return {attr: value}
+    if isinstance(value, dict) and all(callable(v) for v in value.values()):
+        return dict(value)
+    raise PlbError(f"--tasks {spec}: must name a function or a dict of name -> function")
+
+
+def iter_workers(hub: WorkerHub) -> Iterable[tuple[str, int]]:
+    """``(worker id, pid)`` of the hub's live workers."""
+    return [(w.id, w.process.pid) for w in hub.workers.values()]

@@ -1,0 +1,306 @@
+"""The worker process: talks to the balancer directly, runs one task at a time, event-driven.
+
+A hub starts it as a fresh interpreter (spawn: no ipykernel, no inherited state) and supervises it; the worker
+exits by itself when its hub dies (it watches the hub's pipe in the same poll as its socket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import pickle
+import os
+import sys
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from . import protocol
+from .protocol import Buffer, Message, Session
+
+log = logging.getLogger(__name__)
+
+#: Functions a worker keeps unpickled, by digest; the balancer mirrors this cache exactly.
+FUNCTION_CACHE_SIZE = 256
+#: Captured stdout/stderr kept per task.
+MAX_OUTPUT = 1 << 20
+#: Results finished within this many seconds of each other travel in one message.
+RESULT_BATCH_WINDOW = 0.002
+RESULT_BATCH_MAX = 64
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    """Everything a spawned worker needs; plain data so it pickles across *spawn*."""
+
+    url: str
+    key: bytes
+    worker_id: str
+    hub_id: str
+    min_p: float
+    max_p: float
+    process_p: int
+    routes: bytes
+    control_fd: int = -1
+    max_message_size: int = 256 << 20
+
+
+_current: _Worker | None = None
+
+
+def report_progress(value: float) -> None:
+    """Report the running task's progress (1–99) to the balancer; a no-op outside a worker."""
+    if _current is not None:
+        _current.report_progress(value)
+
+
+def current_task_id() -> str | None:
+    """The id of the task this worker process is running, or None."""
+    return _current.task_id if _current is not None else None
+
+
+def _accepts_progress(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+class _Capture(io.StringIO):
+    def write(self, s: str) -> int:
+        if self.tell() < MAX_OUTPUT:
+            return super().write(s[: MAX_OUTPUT - self.tell()])
+        return len(s)
+
+
+def _error_info(exc: BaseException) -> dict[str, Any]:
+    kind = type(exc)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class _Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.session = Session(config.key, max_message_size=config.max_message_size)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, config.worker_id.encode())
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(config.url)
+        self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
+        for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
+            self.routes[name] = (fn, kwargs, _accepts_progress(fn))
+        self.functions: OrderedDict[str, Any] = OrderedDict()
+        self.pending: deque[tuple[dict[str, Any], list[Buffer]]] = deque()
+        self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
+        self.first_unsent = 0.0
+        self.task_id: str | None = None
+        self._last_progress = (0.0, -1)
+
+    # -- messages ---------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], buffers: list[Buffer] | None = None) -> None:
+        protocol.send(self.socket, self.session.serialize(header, buffers or []))
+
+    def announce(self) -> None:
+        c = self.config
+        self.send({
+            "type": "worker_ready",
+            "worker": c.worker_id,
+            "hub": c.hub_id,
+            "pid": os.getpid(),
+            "min_p": c.min_p,
+            "max_p": c.max_p,
+            "process_p": c.process_p,
+            "routes": sorted(self.routes),
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "cloudpickle": cloudpickle.__version__,
+        })
+
+    def receive_all(self) -> None:
+        """Drain the socket without blocking into the local task queue."""
+        while (frames := protocol.recv_ready(self.socket)) is not None:
+            try:
+                msg = self.session.deserialize(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("worker %s dropped a message: %s", self.config.worker_id, exc)
+                continue
+            self.handle(msg)
+
+    def handle(self, msg: Message) -> None:
+        if msg.type == "tasks":
+            self.accept_tasks(msg)
+        elif msg.type == "reregister":
+            self.announce()
+        elif msg.type == "skip":
+            skipped = msg.header.get("id")
+            self.pending = deque(p for p in self.pending if p[0].get("id") != skipped)
+        elif msg.type == "stop":
+            raise SystemExit(0)
+
+    def accept_tasks(self, msg: Message) -> None:
+        position = 0
+        for spec in msg.header.get("tasks", []):
+            fn_count = int(spec.get("fnbuf", 0))
+            if fn_count:
+                self.cache_function(spec["fn"], msg.buffers[position : position + fn_count])
+                position += fn_count
+            elif spec.get("fn") in self.functions:
+                self.functions.move_to_end(spec["fn"])
+            count = int(spec.get("nbuf", 0))
+            self.pending.append((spec, msg.buffers[position : position + count]))
+            position += count
+
+    def cache_function(self, digest: str, buffers: list[Buffer]) -> None:
+        try:
+            fn: Any = protocol.loads(buffers)
+        except Exception as exc:
+            fn = exc
+        self.functions[digest] = fn
+        if len(self.functions) > FUNCTION_CACHE_SIZE:
+            self.functions.popitem(last=False)
+
+    # -- running ----------------------------------------------------------------------------
+    def report_progress(self, value: float) -> None:
+        pct = max(1, min(99, int(value)))
+        now = time.monotonic()
+        last_time, last_value = self._last_progress
+        if pct == last_value or (now - last_time < 0.05 and pct != 99):
+            return
+        self._last_progress = (now, pct)
+        if self.task_id is not None:
+            self.send({"type": "progress", "id": self.task_id, "value": pct})
+
+    def call(self, spec: dict[str, Any], buffers: list[Buffer]) -> Any:
+        route = spec.get("route")
+        if route is not None:
+            if route not in self.routes:
+                raise LookupError(f"this hub has no task named {route!r} (addTask it on the hub)")
+            fn, kwargs, wants_progress = self.routes[route]
+            extra = {"progress": report_progress} if wants_progress else {}
+            return fn(task=spec.get("payload"), **kwargs, **extra)
+        fn = self.functions.get(spec.get("fn"))
+        if fn is None:
+            raise LookupError("the task's function did not reach this worker")
+        if isinstance(fn, Exception):
+            raise fn
+        args, kwargs = protocol.loads(buffers)
+        if spec.get("chunk"):
+            return [fn(*item) for item in args]
+        return fn(*args, **kwargs)
+
+    def run(self, spec: dict[str, Any], buffers: list[Buffer]) -> None:
+        self.task_id = spec["id"]
+        self._last_progress = (0.0, -1)
+        out, err = _Capture(), _Capture()
+        started = time.time()
+        header: dict[str, Any] = {"id": spec["id"], "started": started}
+        result_buffers: list[Buffer] = []
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                value = self.call(spec, buffers)
+            result_buffers = protocol.dumps(value)
+            header["state"] = "done"
+        except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
+            header["state"] = "failed"
+            header["error"] = _error_info(exc)
+            with contextlib.suppress(Exception):
+                result_buffers = protocol.dumps(exc)
+        header["ended"] = time.time()
+        header["nbuf"] = len(result_buffers)
+        if out.tell():
+            header["stdout"] = out.getvalue()
+        if err.tell():
+            header["stderr"] = err.getvalue()
+        self.task_id = None
+        if not self.outgoing:
+            self.first_unsent = time.monotonic()
+        self.outgoing.append((header, result_buffers))
+
+    def flush(self) -> None:
+        if not self.outgoing:
+            return
+        headers = [h for h, _ in self.outgoing]
+        buffers = [b for _, bufs in self.outgoing for b in bufs]
+        self.outgoing = []
+        self.send({"type": "results", "worker": self.config.worker_id, "results": headers}, buffers)
+
+    def on_control(self, fd: int) -> None:
+        """The hub's pipe: ``A`` asks for a new announcement; end of file means the hub died."""
+        data = os.read(fd, 64)
+        if not data:
+            log.warning("worker %s: its hub is gone, exiting", self.config.worker_id)
+            os._exit(0)
+        if b"A" in data:
+            self.announce()
+
+    def loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        control = self.config.control_fd
+        if control >= 0:
+            poller.register(control, zmq.POLLIN)
+        self.announce()
+        while True:
+            if not self.pending:
+                self.flush()
+                events = dict(poller.poll())
+                if control in events:
+                    self.on_control(control)
+            self.receive_all()
+            while self.pending:
+                self.run(*self.pending.popleft())
+                self.receive_all()
+                if (
+                    len(self.outgoing) >= RESULT_BATCH_MAX
+                    or time.monotonic() - self.first_unsent > RESULT_BATCH_WINDOW
+                ):
+                    self.flush()
+
+
+def _set_nice(value: int) -> None:
+    if not value or not hasattr(os, "nice"):
+        return
+    try:
+        current = os.nice(0)
+        if value != current:
+            os.nice(value - current)
+    except OSError as exc:
+        log.warning("worker cannot set nice %d (%s); it runs at the default priority", value, exc)
+
+
+def main(config: WorkerConfig) -> None:
+    """Entry point of a spawned worker process."""
+    global _current
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _set_nice(config.process_p)
+    _current = _Worker(config)
+    try:
+        _current.loop()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        _current.flush()
+        _current.socket.close()
+        _current.context.term()
+
+
+def run_from_stdin() -> None:
+    """Read a pickled WorkerConfig from stdin (written by the hub) and run the worker."""
+    config = pickle.load(sys.stdin.buffer)
+    sys.stdin.close()
+    main(config)
