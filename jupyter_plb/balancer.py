@@ -110,6 +110,7 @@ class Balancer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
+        self._in_pump = False
         self.session: Session | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Balancer:
                 "balancer may be running, or set other ports (0 picks free ones)"
             ) from exc
         for sock in self._sockets.values():
-            self._loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_pump)
+            self._loop.add_reader(sock.getsockopt(zmq.FD), self._pump)
         self.started = self.now()
         self.info = connection.ConnectionInfo(
             address=self.params["LB_IP"],
@@ -202,9 +203,21 @@ class Balancer:
             self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
+        """Drain every socket, dispatch, flush.
+
+        ZeroMQ's file descriptor is edge-triggered and a send can consume the edge, so every send
+        made outside the pump schedules one more pump (see ``_send``).
+        """
         self._pump_scheduled = False
         if not self._sockets:
             return
+        self._in_pump = True
+        try:
+            self._pump_once()
+        finally:
+            self._in_pump = False
+
+    def _pump_once(self) -> None:
         busy = False
         for role, handler in (
             ("workers", self._on_worker_message),
@@ -213,6 +226,8 @@ class Balancer:
         ):
             sock = self._sockets[role]
             for _ in range(DRAIN_BUDGET):
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
                 frames = protocol.recv_ready(sock)
                 if frames is None:
                     break
@@ -262,6 +277,9 @@ class Balancer:
         except zmq.ZMQError as exc:
             log.debug("LB - cannot send %s to %r: %s", header.get("type"), identity, exc)
             return False
+        finally:
+            if not self._in_pump:
+                self._schedule_pump()
         return True
 
     def _reply(self, sock: zmq.Socket, msg: Message, header: dict[str, Any]) -> None:
@@ -272,6 +290,9 @@ class Balancer:
 
     # -- clients ----------------------------------------------------------------------------
     def _on_client_message(self, msg: Message) -> None:
+        reply_to = msg.header.get("reply_to")
+        if isinstance(reply_to, str) and 0 < len(reply_to) <= MAX_ID_LENGTH:
+            msg.identity = reply_to.encode()
         handler = self._client_handlers.get(msg.type)
         if handler is None:
             raise TaskRejected(f"unknown message type {msg.type!r}")
@@ -516,11 +537,18 @@ class Balancer:
         if hub is None:
             self._send("workers", msg.identity, {"type": "reregister", "balancer": self.id})
             return
+        if hub.state == "lost":
+            self._send("workers", msg.identity, {"type": "reregister", "balancer": self.id})
+            return
         hub.last_seen = self.now()
         state = msg.header.get("state")
         if state in ("ok", "unhealthy", "draining"):
             hub.state = state
-        self._send("workers", msg.identity, {"type": "heartbeat_ack", "balancer": self.id})
+        self._send("workers", msg.identity, {
+            "type": "heartbeat_ack",
+            "balancer": self.id,
+            "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
+        })
 
     def _on_worker_ready(self, msg: Message) -> None:
         h = msg.header

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Tasks per submit message when many are sent at once.
 SUBMIT_BATCH = 1000
-#: Seconds a collected seed-API result stays in the client's cache (as on the balancer).
-CACHE_RETENTION = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Received results are acknowledged in batches of this many, or after this delay.
+ACK_BATCH = 1000
+ACK_DELAY_MS = 200
 
 
 def default_user() -> str:
@@ -148,6 +149,7 @@ class _Connection:
         self.info = info
         self.params = params
         self.session = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
+        self.receiver = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
         self.id = protocol.new_id("client")
         self.context = zmq.Context()
         self.futures: dict[str, PlbFuture] = {}
@@ -156,36 +158,41 @@ class _Connection:
         self.requests: dict[str, concurrent.futures.Future[Message]] = {}
         self.balancer_id: str | None = None
         self.max_queued_per_user = 0
+        self.result_retention = 60.0
         self.closed = False
+        self._acks: list[str] = []
         self._lock = threading.Lock()
         self._req_counter = itertools.count(1)
-        self._inbox_url = f"inproc://{self.id}"
-        self._pull = self.context.socket(zmq.PULL)
-        self._pull.bind(self._inbox_url)
-        self._push = self.context.socket(zmq.PUSH)
-        self._push.connect(self._inbox_url)
-        self._push.setsockopt(zmq.SNDHWM, 0)
-        self._pull.setsockopt(zmq.RCVHWM, 0)
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, self.id.encode())
-        self.socket.setsockopt(zmq.LINGER, 1000)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.connect(info.client_url)
+        self.socket = self._dealer(self.id)
+        self._tx = self._dealer(f"{self.id}-tx")
+        self._wake_pull = self.context.socket(zmq.PAIR)
+        self._wake_pull.bind(f"inproc://{self.id}-wake")
+        self._wake = self.context.socket(zmq.PAIR)
+        self._wake.connect(f"inproc://{self.id}-wake")
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
 
+    def _dealer(self, identity: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.info.client_url)
+        return sock
+
     # -- sending -------------------------------------------------------------------------------
     def send(self, header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> None:
-        """Sign and send from any thread (the I/O thread sends directly, others through it)."""
+        """Sign and send from any thread; replies and results come back to the I/O thread.
+
+        User threads send on their own socket (``-tx``, under a lock) so a submit does not wait for
+        the I/O thread to wake up; the balancer answers to ``reply_to``, the I/O thread's socket.
+        """
         if self.closed:
             raise PlbError("this client is closed; create a new Client()")
+        header["reply_to"] = self.id
         with self._lock:
-            frames = self.session.serialize(header, buffers)
-            if threading.current_thread() is self._thread:
-                protocol.send(self.socket, frames)
-            else:
-                self._push.send_multipart(frames, copy=False)
+            protocol.send(self._tx, self.session.serialize(header, buffers))
 
     def request(self, header: dict[str, Any], buffers: Sequence[Buffer] = (), timeout: float | None = None) -> Message:
         """Send and wait for the reply naming the same request id."""
@@ -216,6 +223,9 @@ class _Connection:
         msg = self.request({"type": "hello", "outstanding": list(self.futures)}, timeout=timeout)
         self.balancer_id = msg.header.get("balancer")
         self.max_queued_per_user = int(msg.header.get("max_queued_per_user") or 0)
+        retention = msg.header.get("result_retention")
+        if isinstance(retention, int | float) and retention >= 0:
+            self.result_retention = float(retention)
 
     def cancel(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         msg = self.request({"type": "cancel", "ids": ids})
@@ -225,12 +235,16 @@ class _Connection:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._wake_pull, zmq.POLLIN)
         try:
             while not self.closed:
-                events = dict(poller.poll())
-                if self._pull in events:
-                    self._forward()
+                events = dict(poller.poll(ACK_DELAY_MS if self._acks else None))
+                if not events:
+                    self._send_acks()
+                if self._wake_pull in events:
+                    self._send_acks()
+                    self.closed = True
+                    break
                 if self.socket in events:
                     self._receive()
         except zmq.ContextTerminated:
@@ -240,24 +254,24 @@ class _Connection:
         finally:
             self._fail_all(PlbError("the client was closed before the task finished"))
 
-    def _forward(self) -> None:
-        while (frames := protocol.recv_ready(self._pull)) is not None:
-            if frames and frames[0].bytes == b"close":
-                self.closed = True
-                return
-            with self._lock:
-                protocol.send(self.socket, frames)
-
     def _receive(self) -> None:
-        acks: list[str] = []
-        while (frames := protocol.recv_ready(self.socket)) is not None:
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = protocol.recv_ready(self.socket)
+            if frames is None:
+                break
             try:
-                msg = self.session.deserialize(frames)
+                msg = self.receiver.deserialize(frames)
             except protocol.ProtocolError as exc:
                 log.warning("plb client dropped a message: %s", exc)
                 continue
-            self._handle(msg, acks)
-        if acks:
+            self._handle(msg, self._acks)
+        if len(self._acks) >= ACK_BATCH:
+            self._send_acks()
+
+    def _send_acks(self) -> None:
+        """Tell the balancer which results arrived (they are dropped after the retention)."""
+        if self._acks:
+            acks, self._acks = self._acks, []
             self.send({"type": "ack", "ids": acks})
 
     def _handle(self, msg: Message, acks: list[str]) -> None:
@@ -366,11 +380,11 @@ class _Connection:
     def close(self) -> None:
         if self.closed:
             return
-        with contextlib.suppress(zmq.ZMQError), self._lock:
-            self._push.send(b"close")
+        with contextlib.suppress(zmq.ZMQError):
+            self._wake.send(b"close")
         self._thread.join(5)
         self.closed = True
-        for sock in (self._push, self._pull, self.socket):
+        for sock in (self._wake, self._wake_pull, self._tx, self.socket):
             sock.close(linger=0)
         self.context.term()
 
@@ -542,7 +556,7 @@ class _Submitter:
                 answers[task_id] = self._seed_answer(cached)
                 if not cached.get("collected"):
                     cached["collected"] = True
-                    conn.seed_collected.append((time.time() + CACHE_RETENTION, task_id))
+                    conn.seed_collected.append((time.time() + conn.result_retention, task_id))
             else:
                 missing.append(task_id)
         if missing:
@@ -566,7 +580,7 @@ class _Submitter:
                     conn._cache_seed_result(task_id, info, buffers, time.time())
                     entry = conn.seed_results[task_id]
                     entry["collected"] = True
-                    conn.seed_collected.append((time.time() + CACHE_RETENTION, task_id))
+                    conn.seed_collected.append((time.time() + conn.result_retention, task_id))
                     answers[task_id] = self._seed_answer(entry)
                 else:
                     answers[task_id] = self._seed_answer(info)

@@ -1,13 +1,19 @@
-"""How futures and batches show themselves: HTML reprs and a text progress line."""
+"""How futures, batches and balancer snapshots show themselves: HTML, text, a live progress line.
+
+Everything here works without ipywidgets; :mod:`jupyter_plb.widgets` builds the live views.
+Every string that comes from a task, a user or a hub is escaped with :func:`html.escape`.
+"""
 
 from __future__ import annotations
 
+import collections
 import html
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
 
 STATE_COLOURS = {
     "queued": "#8a8a8a",
@@ -16,6 +22,10 @@ STATE_COLOURS = {
     "failed": "#d62728",
     "cancelled": "#9467bd",
 }
+#: Lines of captured task output a live progress view keeps.
+OUTPUT_TAIL = 20
+#: Lines of captured task output printed after a batch (the rest stays on the futures).
+OUTPUT_PRINT_LIMIT = 1000
 
 
 def _duration(seconds: float) -> str:
@@ -26,90 +36,182 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def esc(value: Any) -> str:
+    """Text from a task, user or hub, safe inside HTML."""
+    return html.escape(str(value), quote=True)
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (where widgets can be shown), False in a terminal or script."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def remote_traceback(exc: BaseException | None) -> str:
+    """The traceback text the worker sent with a failed task's exception ('' if none)."""
+    if exc is None:
+        return ""
+    return getattr(exc.__cause__, "tb", "") or getattr(exc, "remote_traceback", "") or ""
+
+
+def _output_html(fut: Any) -> str:
+    blocks = []
+    for stream, colour in (("stdout", "inherit"), ("stderr", "#b36b00")):
+        text = getattr(fut, stream, "")
+        if text:
+            blocks.append(
+                f'<pre class="plb-{stream}" style="margin:2px 0;color:{colour};'
+                f'white-space:pre-wrap">{esc(text)}</pre>'
+            )
+    return "".join(blocks)
+
+
 def future_html(fut: Any) -> str:
-    """A one-line status card; a failed future shows its remote traceback."""
+    """A status card: state, task, hub/worker, elapsed, progress, output; failed → remote traceback."""
     state = str(fut.state)
     colour = STATE_COLOURS.get(state, "#555")
     parts = [
-        f'<span style="color:{colour};font-weight:bold">{html.escape(state)}</span>',
-        f"<code>{html.escape(fut.name)}</code>",
-        f"<small>{html.escape(fut.task_id)}</small>",
+        f'<span style="color:{colour};font-weight:bold">{esc(state)}</span>',
+        f"<code>{esc(fut.name)}</code>",
+        f"<small>{esc(fut.task_id)}</small>",
     ]
     if fut.worker:
-        parts.append(f"on {html.escape(str(fut.worker))}")
+        where = f"{esc(fut.worker)} @ {esc(fut.hub)}" if fut.hub else esc(fut.worker)
+        parts.append(f"on {where}")
     parts.append(_duration(fut.elapsed))
     if state == "running" and fut.progress:
-        parts.append(f"{int(fut.progress)} %")
+        pct = int(fut.progress)
+        parts.append(
+            f'<progress max="100" value="{pct}" style="width:8em;vertical-align:middle"></progress>'
+            f" {pct} %"
+        )
     if fut.warning:
-        parts.append(f'<span style="color:#b36b00">{html.escape(fut.warning)}</span>')
-    body = " · ".join(parts)
+        parts.append(f'<span style="color:#b36b00">{esc(fut.warning)}</span>')
+    body = " · ".join(parts) + _output_html(fut)
     if state == "failed" and fut.done():
         exc = fut.exception()
-        remote = getattr(getattr(exc, "__cause__", None), "tb", "") or getattr(exc, "remote_traceback", "")
         body += (
-            f'<pre style="color:#d62728;white-space:pre-wrap">{html.escape(repr(exc))}\n'
-            f"{html.escape(remote)}</pre>"
+            f'<pre style="color:#d62728;white-space:pre-wrap">{esc(repr(exc))}\n'
+            f"{esc(remote_traceback(exc))}</pre>"
         )
     return f'<div class="plb-future">PlbFuture · {body}</div>'
 
 
-class BatchCounter:
-    """Counts a batch of futures as they settle (callbacks, no polling)."""
+def print_output(fut: Any, header: bool = False) -> None:
+    """Write what a task printed to this process's stdout/stderr (under the waiting cell)."""
+    if not (fut.stdout or fut.stderr):
+        return
+    if header:
+        print(f"--- {fut.task_id} {fut.name} ---", flush=True)
+    if fut.stdout:
+        sys.stdout.write(fut.stdout if fut.stdout.endswith("\n") else fut.stdout + "\n")
+        sys.stdout.flush()
+    if fut.stderr:
+        sys.stderr.write(fut.stderr if fut.stderr.endswith("\n") else fut.stderr + "\n")
+        sys.stderr.flush()
 
-    def __init__(self, futures: Sequence[Any]) -> None:
-        self.total = len(futures)
+
+def print_outputs(futures: Iterable[Any], limit: int = OUTPUT_PRINT_LIMIT) -> None:
+    """:func:`print_output` for a batch, in order, with a header per task; stop after ``limit`` lines."""
+    printed = 0
+    with_output = [f for f in futures if f.done() and (f.stdout or f.stderr)]
+    for index, fut in enumerate(with_output):
+        if printed >= limit:
+            print(f"... output of {len(with_output) - index} more task(s) not shown; "
+                  "see their futures' .stdout/.stderr")
+            return
+        print_output(fut, header=len(with_output) > 1)
+        printed += fut.stdout.count("\n") + fut.stderr.count("\n") + 1
+
+
+class BatchCounter:
+    """Counts a batch of futures as they settle (done callbacks, no polling).
+
+    Futures may be added while the batch is being submitted; ``total`` is then given up front.
+    """
+
+    def __init__(self, futures: Sequence[Any] = (), total: int | None = None) -> None:
+        self.total = len(futures) if total is None else total
         self.done = 0
         self.failed = 0
         self.cancelled = 0
         self.started = time.monotonic()
         self.changed = threading.Condition()
-        self._futures = futures
+        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
+        self.closed = False
+        self._futures: list[Any] = []
+        self._pending: set[Any] = set()
+        self.add(futures)
+
+    def add(self, futures: Iterable[Any]) -> None:
+        """Count these futures too (they are part of ``total``)."""
         for fut in futures:
+            with self.changed:
+                self._futures.append(fut)
+                self._pending.add(fut)
             fut.add_done_callback(self._settled)
 
     def _settled(self, fut: Any) -> None:
         with self.changed:
+            self._pending.discard(fut)
             if fut.cancelled():
                 self.cancelled += 1
             elif fut.exception() is not None:
                 self.failed += 1
             else:
                 self.done += 1
-            self.changed.notify_all()
+            for text in (getattr(fut, "stdout", ""), getattr(fut, "stderr", "")):
+                if text:
+                    self.output.extend(text.splitlines())
+            if self.finished >= self.total:
+                self.changed.notify_all()
 
     @property
     def finished(self) -> int:
         return self.done + self.failed + self.cancelled
 
-    def counts(self) -> dict[str, float]:
-        running = sum(1 for f in self._futures if not f.done() and f.state == "running")
+    @property
+    def futures(self) -> list[Any]:
+        return list(self._futures)
+
+    def counts(self, running: Collection[str] = ()) -> dict[str, float]:
+        """Counts, rate and ETA; ``running`` are task ids the balancer says are running."""
+        with self.changed:
+            pending = list(self._pending)
+        busy = sum(1 for f in pending if f.state == "running" or getattr(f, "task_id", None) in running)
         elapsed = time.monotonic() - self.started
         rate = self.finished / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.finished
+        left = max(0, self.total - self.finished)
         return {
             "total": self.total,
             "done": self.done,
             "failed": self.failed,
             "cancelled": self.cancelled,
-            "running": running,
-            "queued": max(0, left - running),
+            "running": busy,
+            "queued": max(0, left - busy),
             "rate": rate,
             "eta": left / rate if rate > 0 else float("nan"),
             "elapsed": elapsed,
         }
 
-    def wait_change(self, timeout: float) -> bool:
-        """Wait until another future settles or ``timeout``; True when all have settled."""
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until every future has settled (or :meth:`close`, or ``timeout``); True if all settled."""
         with self.changed:
-            if self.finished < self.total:
-                self.changed.wait(timeout)
+            self.changed.wait_for(lambda: self.closed or self.finished >= self.total, timeout)
             return self.finished >= self.total
+
+    def close(self) -> None:
+        """Wake the waiters for good (the batch will not complete: interrupted, failed to submit)."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
 
 
 def progress_text(counts: dict[str, float], label: str = "", width: int = 30) -> str:
     total = max(int(counts["total"]), 1)
     finished = counts["done"] + counts["failed"] + counts["cancelled"]
-    filled = int(width * finished / total)
+    filled = min(width, int(width * finished / total))
     bar = "#" * filled + "-" * (width - filled)
     eta = counts["eta"]
     eta_text = _duration(eta) if eta == eta else "?"
@@ -120,21 +222,194 @@ def progress_text(counts: dict[str, float], label: str = "", width: int = 30) ->
     ).strip()
 
 
-class ProgressLine:
-    """A text progress bar for a batch of futures, redrawn at most ``refresh`` times a second."""
+class ProgressView(Protocol):
+    """Something that shows a batch's counts: the text :class:`ProgressLine` or a widget."""
 
-    def __init__(self, futures: Sequence[Any], label: str = "", stream: IO[str] | None = None, refresh: float = 5.0) -> None:
-        self.counter = BatchCounter(futures)
+    def show(self, counts: dict[str, float], output: Sequence[str], final: bool) -> None: ...
+
+
+class ProgressLine:
+    """A text progress bar for a batch (futures or a :class:`BatchCounter`), ``refresh`` times a second."""
+
+    def __init__(
+        self,
+        futures: Sequence[Any] | BatchCounter,
+        label: str = "",
+        stream: IO[str] | None = None,
+        refresh: float = 5.0,
+    ) -> None:
+        self.counter = futures if isinstance(futures, BatchCounter) else BatchCounter(futures)
         self.label = label
         self.stream = stream or sys.stderr
         self.interval = 1.0 / refresh
 
+    def show(self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False) -> None:
+        self.stream.write("\r" + progress_text(counts, self.label) + ("\n" if final else ""))
+        self.stream.flush()
+
     def run(self) -> dict[str, float]:
         """Draw until every future has settled; return the final counts."""
-        while not self.counter.wait_change(self.interval):
-            self.stream.write("\r" + progress_text(self.counter.counts(), self.label))
-            self.stream.flush()
+        while not self.counter.wait(self.interval):
+            self.show(self.counter.counts())
         counts = self.counter.counts()
-        self.stream.write("\r" + progress_text(counts, self.label) + "\n")
-        self.stream.flush()
+        self.show(counts, final=True)
         return counts
+
+
+class LiveProgress:
+    """Keeps a progress view up to date from one thread until its batch settles or it is stopped.
+
+    ``running`` (optional) asks the balancer which task ids run now; it is called at most once a
+    second, so the running/queued split is right even for tasks that never report progress.
+    """
+
+    def __init__(
+        self,
+        counter: BatchCounter,
+        view: ProgressView,
+        refresh: float = 4.0,
+        running: Callable[[], Collection[str]] | None = None,
+    ) -> None:
+        self.counter = counter
+        self.view = view
+        self.interval = 1.0 / refresh
+        self._running = running
+        self._thread = threading.Thread(target=self._run, name="plb-progress", daemon=True)
+
+    def start(self) -> LiveProgress:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Draw the last state and end the thread, whether or not the batch completed."""
+        self.counter.close()
+        self._thread.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        running: Collection[str] = ()
+        asked = 0.0
+        while True:
+            final = self.counter.wait(self.interval) or self.counter.closed
+            if self._running is not None and not final and time.monotonic() - asked >= 1.0:
+                asked = time.monotonic()
+                try:
+                    running = self._running()
+                except Exception:  # the balancer is slow or gone: keep the last answer
+                    running = ()
+            self.view.show(self.counter.counts(running), list(self.counter.output), final)
+            if final:
+                return
+
+
+@dataclass(slots=True)
+class Report:
+    """Data with a text and an HTML rendering (what ``%plb status`` and ``%plb hubs`` return)."""
+
+    data: Any
+    text: str
+    html: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th style='text-align:left'>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{esc(cell)}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table class='plb-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def priority_range(worker: dict[str, Any]) -> str:
+    lo, hi = worker.get("min_p"), worker.get("max_p")
+    if lo is None or hi is None:
+        return "?"
+    if lo <= -1e9 and hi >= 1e9:
+        return "any"
+    return f"{lo:g}–{hi:g}"
+
+
+def _worker_task(worker: dict[str, Any]) -> str:
+    task = worker.get("task")
+    if not task:
+        return ""
+    return f"{task.get('name', '')} ({task.get('user', '')}) {task.get('id', '')}"
+
+
+def _hub_rows(hubs: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for hub in hubs:
+        for worker in hub.get("workers", []) or [{}]:
+            rows.append([
+                hub.get("name", ""), hub.get("host", ""), hub.get("state", ""),
+                worker.get("id", "-"), worker.get("state", ""), priority_range(worker) if worker else "",
+                worker.get("done", ""), _worker_task(worker),
+            ])
+    return rows
+
+
+HUB_HEADERS = ("hub", "host", "hub state", "worker", "state", "priorities", "done", "current task")
+
+
+def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
+    """Hubs and their workers (busy/idle, priority range, current task)."""
+    lines = []
+    for hub in hubs:
+        workers = hub.get("workers", [])
+        busy = sum(w.get("state") == "busy" for w in workers)
+        lines.append(f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: "
+                     f"{len(workers)} workers, {busy} busy")
+        for worker in workers:
+            current = _worker_task(worker)
+            lines.append(f"  {worker.get('id')} {worker.get('state')} priorities {priority_range(worker)}"
+                         f" done {worker.get('done', 0)}" + (f" running {current}" if current else ""))
+    text = "\n".join(lines) or "no hubs connected"
+    body = _table(HUB_HEADERS, _hub_rows(hubs)) if hubs else "<i>no hubs connected</i>"
+    return Report(list(hubs), text, f"<div class='plb-hubs'>{body}</div>")
+
+
+def status_report(snapshot: dict[str, Any]) -> Report:
+    """The balancer's snapshot as a short summary: health, totals, rates, users, hubs, failures."""
+    balancer, totals = snapshot.get("balancer", {}), snapshot.get("totals", {})
+    health = snapshot.get("health", {})
+    rates = snapshot.get("rates", {})
+    users = snapshot.get("users", [])
+    failures = snapshot.get("recent_failures", [])
+    waiting = snapshot.get("unschedulable", [])
+    head = (f"balancer {balancer.get('id')} up {balancer.get('uptime', 0):.0f} s, "
+            f"health {health.get('status')}, {rates.get('done_per_s', 0):.0f} tasks/s")
+    counts = ", ".join(f"{k} {v}" for k, v in totals.items())
+    lines = [head, "  " + counts, *("  " + m for m in health.get("messages", []))]
+    lines += [f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, "
+              f"failed {u['failed']}" for u in users]
+    lines += [f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}"
+              for f in failures[-5:]]
+    lines += [f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: "
+              f"{u.get('reason')}" for u in waiting[:5]]
+    hubs = hubs_report(snapshot.get("hubs", []))
+    text = "\n".join([*lines, hubs.text])
+    user_rows = [[u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)]
+                 for u in users]
+    parts = [
+        f"<div><b>{esc(head)}</b></div>",
+        f"<div>{esc(counts)}</div>",
+        *(f"<div style='color:#b36b00'>{esc(m)}</div>" for m in health.get("messages", [])),
+        _table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows) if users else "",
+        hubs.html,
+    ]
+    if failures:
+        parts.append(_table(("failed task", "name", "user", "error"),
+                            [[f.get("id"), f.get("name"), f.get("user"), f.get("error")] for f in failures[-5:]]))
+    if waiting:
+        parts.append(_table(("waiting task", "name", "user", "priority", "why"),
+                            [[u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")]
+                             for u in waiting[:5]]))
+    return Report(snapshot, text, "<div class='plb-status'>" + "".join(parts) + "</div>")

@@ -94,6 +94,7 @@ class WorkerHub:
         self.tasks: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
         self.workers: dict[str, _WorkerProcess] = {}
         self.state = "ok"
+        self.heartbeat_interval = float(self.params["LB_HEARTBEAT_INTERVAL"])
         self.balancer_id: str | None = None
         self._supervision = _Supervision()
         self._stopping = False
@@ -148,6 +149,8 @@ class WorkerHub:
                 self._loop.add_signal_handler(sig, self.stop)
         self._stopped.clear()
         self._done = asyncio.Event()
+        if self.local:
+            self._stop_with_parent()
         self._hello()
         for group in self.groups:
             for _ in range(group["nWorkers"]):
@@ -161,6 +164,15 @@ class WorkerHub:
             await self._done.wait()
         finally:
             self._shutdown()
+
+    def _stop_with_parent(self) -> None:
+        """A local hub (started by a Jupyter server, ``startAll`` or a test) dies with its parent."""
+        assert self._loop is not None
+        try:
+            parent = os.pidfd_open(os.getppid())
+        except (AttributeError, OSError):
+            return
+        self._loop.add_reader(parent, self._request_stop)
 
     def stop(self) -> None:
         """Stop from any thread: say goodbye, stop the workers, return from ``run``."""
@@ -199,9 +211,12 @@ class WorkerHub:
 
     # -- messages ------------------------------------------------------------------------------
     def _send(self, header: dict[str, Any]) -> None:
-        assert self._session is not None and self._socket is not None
+        """Send, then look for input: a send can consume the edge of ZeroMQ's readable FD."""
+        assert self._session is not None and self._socket is not None and self._loop is not None
         with contextlib.suppress(zmq.ZMQError):
             protocol.send(self._socket, self._session.serialize(header))
+        if not self._socket.closed:
+            self._loop.call_soon(self._on_readable)
 
     def _hello(self) -> None:
         self._send({
@@ -218,6 +233,8 @@ class WorkerHub:
 
     def _on_readable(self) -> None:
         assert self._socket is not None and self._session is not None
+        if self._socket.closed:
+            return
         while (frames := protocol.recv_ready(self._socket)) is not None:
             try:
                 msg = self._session.deserialize(frames)
@@ -230,6 +247,12 @@ class WorkerHub:
         balancer = msg.header.get("balancer")
         if msg.type in ("hub_welcome", "heartbeat_ack"):
             self._last_ack = time.monotonic()
+            interval = msg.header.get("heartbeat")
+            if isinstance(interval, int | float) and 0.01 <= interval <= 60 and interval != self.heartbeat_interval:
+                self.heartbeat_interval = float(interval)
+                if self._heartbeat is not None and self._loop is not None:
+                    self._heartbeat.cancel()
+                    self._heartbeat = self._loop.call_later(self.heartbeat_interval, self._beat)
             if balancer != self.balancer_id:
                 if self.balancer_id is not None:
                     log.info("WKHUB - balancer changed to %s; workers announce again", balancer)
@@ -261,7 +284,7 @@ class WorkerHub:
             "workers": list(self.workers),
         })
         assert self._loop is not None
-        self._heartbeat = self._loop.call_later(self.params["LB_HEARTBEAT_INTERVAL"], self._beat)
+        self._heartbeat = self._loop.call_later(self.heartbeat_interval, self._beat)
 
     # -- workers -------------------------------------------------------------------------------
     def _spawn(self, group: dict[str, Any]) -> None:

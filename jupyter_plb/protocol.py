@@ -146,14 +146,17 @@ class Session:
         return Message(header, buffers, digests, identity)
 
 
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
+
+
 def send(socket: zmq.Socket, frames: Sequence[Buffer], identity: bytes | None = None) -> None:
     """Send frames without blocking, large buffers without a copy."""
     parts: list[Buffer] = [identity, *frames] if identity is not None else list(frames)
     last = len(parts) - 1
     for index, part in enumerate(parts):
-        flags = zmq.NOBLOCK | (zmq.SNDMORE if index < last else 0)
         copy = isinstance(part, bytes) or buffer_size(part) < ZERO_COPY_THRESHOLD
-        socket.send(part, flags, copy=copy)
+        socket.send(part, _MORE if index < last else _LAST, copy=copy)
 
 
 def recv_ready(socket: zmq.Socket) -> list[zmq.Frame] | None:

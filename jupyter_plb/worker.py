@@ -34,7 +34,7 @@ FUNCTION_CACHE_SIZE = 256
 MAX_OUTPUT = 1 << 20
 #: Results finished within this many seconds of each other travel in one message.
 RESULT_BATCH_WINDOW = 0.002
-RESULT_BATCH_MAX = 64
+RESULT_BATCH_MAX = 4
 
 
 @dataclass(slots=True)

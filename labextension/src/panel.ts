@@ -16,6 +16,8 @@ import { Widget } from '@lumino/widgets';
 import { CommandRegistry } from '@lumino/commands';
 
 import { cancelUserTasks, eventsUrl, fetchStatus, PlbApiError } from './api';
+import { refreshIcon } from '@jupyterlab/ui-components';
+
 import { plbIcon } from './icon';
 import {
   errorState,
@@ -470,15 +472,20 @@ export class PlbPanel extends Widget {
     this._conn.appendChild(el('span', 'jp-plb-conn-dot'));
     this._connLabel = el('span', 'jp-plb-conn-label');
     this._conn.appendChild(this._connLabel);
-    titleRow.appendChild(this._conn);
+    const refresh = button(
+      '',
+      'Refresh now',
+      () => void this.refresh(),
+      'jp-plb-icon-button'
+    );
+    refresh.setAttribute('aria-label', 'Refresh');
+    refresh.appendChild(refreshIcon.element({ tag: 'span' }));
+    titleRow.append(this._conn, refresh);
     header.appendChild(titleRow);
 
     const actions = el('div', 'jp-plb-actions');
     actions.appendChild(
-      button('Refresh', 'Fetch the status now', () => void this.refresh())
-    );
-    actions.appendChild(
-      button('Monitor', 'Open the monitor page in a tab', () =>
+      button('Open monitor', 'Open the monitor page in a tab', () =>
         void this._commands.execute(CommandIDs.openMonitor)
       )
     );
@@ -658,8 +665,7 @@ export class PlbPanel extends Widget {
     const name = el('span', 'jp-plb-hub-name jp-plb-ellipsis');
     const local = el('span', 'jp-plb-tag', 'local');
     const state = el('span', 'jp-plb-badge');
-    const summary = el('span', 'jp-plb-hub-summary');
-    head.append(name, local, state, summary);
+    head.append(name, local, state);
     const meta = el('div', 'jp-plb-muted jp-plb-small jp-plb-ellipsis');
     const workers = el('div', 'jp-plb-workers');
     node.append(head, meta, workers);
@@ -676,8 +682,7 @@ export class PlbPanel extends Widget {
         setHidden(local, !hub.local);
         setText(state, hub.badge.label);
         setModifier(state, BADGE_MODS, hub.badge.className);
-        setText(summary, hub.summary);
-        const parts = [hub.host, hub.pid ? `pid ${hub.pid}` : '', hub.lastSeen ? `seen ${hub.lastSeen}` : ''];
+        const parts = [hub.summary, hub.host, hub.pid ? `pid ${hub.pid}` : '', hub.lastSeen ? `seen ${hub.lastSeen}` : ''];
         const metaText = parts.filter(p => p).join(' · ');
         setText(meta, metaText);
         meta.title = metaText;
@@ -689,28 +694,27 @@ export class PlbPanel extends Widget {
   private _createWorkerRow(): IRowView<IWorkerRow> {
     const node = el('div', 'jp-plb-worker');
     const dot = el('span', 'jp-plb-worker-dot');
-    const id = el('span', 'jp-plb-worker-id jp-plb-ellipsis');
     const range = el('span', 'jp-plb-worker-range');
     const task = el('span', 'jp-plb-worker-task jp-plb-ellipsis');
     const done = el('span', 'jp-plb-worker-done');
-    node.append(dot, id, range, task, done);
+    node.append(dot, range, task, done);
     return {
       node,
       update: w => {
         setModifier(node, WORKER_MODS, `jp-plb-mod-${w.stateClass}`);
-        dot.title = w.state;
-        setText(id, w.id);
-        id.title = `${w.id} (${w.state})`;
-        setText(range, w.range);
-        range.title = `accepts priorities ${w.range}`;
         let taskText = w.state;
         if (w.taskName) {
-          taskText = [w.taskName, w.taskUser, w.taskAge].filter(p => p).join(' · ');
+          taskText = [w.taskName, w.taskUser, w.taskAge]
+            .filter(p => p)
+            .join(' · ');
         }
+        setText(range, w.range);
         setText(task, taskText);
-        task.title = taskText;
         setText(done, w.done);
-        done.title = `${w.done} tasks done`;
+        node.title =
+          `${w.id} (${w.state})\npriorities ${w.range}\n` +
+          (w.taskName ? `task: ${taskText}\n` : '') +
+          `${w.done} tasks done`;
       }
     };
   }
@@ -758,6 +762,7 @@ export class PlbPanel extends Widget {
           setText(c.value, text[c.name]);
         }
         cells[3].cell.classList.toggle('jp-plb-mod-error', u.failed > 0);
+        setHidden(cells[3].cell, u.failed === 0);
         cells[0].cell.classList.toggle('jp-plb-mod-active', u.queued > 0);
         cells[1].cell.classList.toggle('jp-plb-mod-active', u.running > 0);
         setHidden(cancel, !u.canCancel);

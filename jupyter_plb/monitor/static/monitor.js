@@ -84,6 +84,8 @@
     if (s < 86400) return `${h}h ${String(m % 60).padStart(2, '0')}m`;
     return `${Math.floor(s / 86400)}d ${h % 24}h`;
   };
+  /** Coarse age: "7 s ago", "3m 05s ago". */
+  const fmtAgo = (s) => (s < 60 ? `${Math.max(0, Math.round(s))} s ago` : `${fmtDur(s)} ago`);
   const fmtUptime = (x) => {
     const s = num(x);
     if (s === null) return '–';
@@ -209,6 +211,7 @@
         for (const c of cols) {
           const td = el('td', c.cls);
           if (c.init) c.init(td);
+          else if (c.clip) td.appendChild(el('span', 'ct'));  // ellipsis box
           tr.appendChild(td);
         }
         return tr;
@@ -217,7 +220,7 @@
         cols.forEach((c, i) => {
           const td = tr.children[i];
           if (c.render) c.render(td, item);
-          else setText(td, c.text(item));
+          else setText(c.clip ? td.firstChild : td, c.text(item));
           if (c.title) setTitle(td, c.title(item));
         });
       },
@@ -259,10 +262,9 @@
 
   async function api(path, { method = 'GET', body, timeoutMs = 8000 } = {}) {
     const headers = { Accept: 'application/json' };
-    if (method !== 'GET' && method !== 'HEAD') {
-      const xsrf = getCookie('_xsrf');
-      if (xsrf) headers['X-XSRFToken'] = xsrf;
-    }
+    // Jupyter's xsrf token; required for DELETE/POST, harmless on GET (JupyterHub ≥ 4.1 may want it there too)
+    const xsrf = getCookie('_xsrf');
+    if (xsrf) headers['X-XSRFToken'] = xsrf;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), timeoutMs);
@@ -600,7 +602,6 @@
     { text: (x) => `${str(x.w.min_p ?? '?')}–${str(x.w.max_p ?? '?')}` },
     { cls: 'num', text: (x) => str(x.w.process_p ?? '') },
     {
-      cls: 'clip',
       init: nameCellInit,
       render: (td, x) => {
         const task = x.w.task && typeof x.w.task === 'object' ? x.w.task : null;
@@ -612,7 +613,7 @@
         }
       },
     },
-    { cls: 'clip', text: (x) => (x.w.task ? str(obj(x.w.task).user) : '') },
+    { clip: true, text: (x) => (x.w.task ? str(obj(x.w.task).user) : ''), title: (x) => (x.w.task ? str(obj(x.w.task).user) : '') },
     {
       cls: 'num',
       text: (x) => {
@@ -655,7 +656,7 @@
   // ------------------------------------------------------------------ users
   let userBarMax = 1;
   const userRows = makeRows([
-    { cls: 'clip', text: (u) => u.user, title: (u) => u.user },
+    { clip: true, text: (u) => u.user, title: (u) => u.user },
     {
       init: (td) => {
         const bar = el('div', 'bar');
@@ -704,7 +705,7 @@
 
   // ------------------------------------------------------------------ statistics, problems
   const statRows = makeRows([
-    { cls: 'clip', init: nameCellInit, render: (td, s) => nameCellRender(td, s.name) },
+    { init: nameCellInit, render: (td, s) => nameCellRender(td, s.name) },
     { cls: 'num', text: (s) => fmtInt(s.count) },
     { cls: 'num', text: (s) => fmtInt(s.failed) },
     { cls: 'num', text: (s) => fmtDur(s.mean_run) },
@@ -721,8 +722,8 @@
 
   const unschedRows = makeRows([
     { cls: 'id', text: (u) => u.id },
-    { cls: 'clip', init: nameCellInit, render: (td, u) => nameCellRender(td, u.name) },
-    { cls: 'clip', text: (u) => u.user, title: (u) => u.user },
+    { init: nameCellInit, render: (td, u) => nameCellRender(td, u.name) },
+    { clip: true, text: (u) => u.user, title: (u) => u.user },
     { cls: 'num', text: (u) => str(u.priority ?? '') },
     { cls: 'wrap', text: (u) => u.reason },
   ]);
@@ -736,12 +737,12 @@
   let failuresNow = null;
   const failureRows = makeRows([
     {
-      text: (f) => `${fmtClock(f.time)}${failuresNow !== null && num(f.time) !== null ? ` (${fmtDur(failuresNow - num(f.time))} ago)` : ''}`,
+      text: (f) => `${fmtClock(f.time)}${failuresNow !== null && num(f.time) !== null ? ` (${fmtAgo(failuresNow - num(f.time))})` : ''}`,
       title: (f) => fmtDateTime(f.time),
     },
     { cls: 'id', text: (f) => f.id },
-    { cls: 'clip', init: nameCellInit, render: (td, f) => nameCellRender(td, f.name) },
-    { cls: 'clip', text: (f) => f.user, title: (f) => f.user },
+    { init: nameCellInit, render: (td, f) => nameCellRender(td, f.name) },
+    { clip: true, text: (f) => f.user, title: (f) => f.user },
     { cls: 'wrap err', text: (f) => trunc(str(f.error), 400), title: (f) => f.error },
   ]);
   function renderFailures(snap) {
@@ -1078,8 +1079,8 @@
   let tasksNow = null;
   const taskRows = makeRows([
     { cls: 'id', text: (t) => t.id },
-    { cls: 'clip', init: nameCellInit, render: (td, t) => nameCellRender(td, t.name) },
-    { cls: 'clip', text: (t) => t.user, title: (t) => t.user },
+    { init: nameCellInit, render: (td, t) => nameCellRender(td, t.name) },
+    { clip: true, text: (t) => t.user, title: (t) => t.user },
     { cls: 'num', text: (t) => str(t.priority ?? '') },
     {
       init: (td) => td.appendChild(el('span', 'pill')),

@@ -1,0 +1,141 @@
+"""The Jupyter server extension: the balancer, its health check, the monitor and a local hub.
+
+Everything runs on the Jupyter server's event loop (the balancer never blocks it: its sockets are
+drained by loop callbacks in bounded turns; ``benchmarks/server_responsiveness.py`` measures the
+server's latency while tasks flow). Kernels started by the server find the balancer through
+``$PLB_CONNECTION_FILE``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
+from traitlets import Dict, Int, Unicode, default, validate
+
+from . import connection
+from .balancer import Balancer
+from .healthcheck import HealthCheck
+from .monitor.handlers import jupyter_handlers
+from .monitor.localhub import LocalHub, cpu_count
+from .monitor.service import SETTINGS_KEY, MonitorService
+from .parameters import Parameters
+from .parameters import load as load_parameters
+from .parameters import validate as validate_parameters
+
+#: Balancer ports that are free ports (0) inside Jupyter unless the configuration names them.
+PORT_KEYS = ("LB_CLIENTPULLPORT", "LB_WKPULLPORT", "LB_HCREPPORT")
+
+
+class PlbExtension(ExtensionApp):
+    """Hosts jupyter_plb in a Jupyter server.
+
+    Parameters come, lowest first, from the seed's defaults, ``parameters_file`` and
+    ``parameters``. Ports are the exception to the seed's defaults: a balancer port that neither
+    names is a free port chosen at start (the seed's fixed 5799/5699/5999 would collide between two
+    Jupyter servers on one machine); hubs and kernels read the bound ports from the connection file.
+    Name the ports in the parameters file to fix them, e.g. for remote hubs behind a firewall.
+    """
+
+    name = "jupyter_plb"
+    description = "A load balancer for Python tasks, with its monitor, inside Jupyter."
+    load_other_extensions = True
+
+    parameters_file = Unicode(
+        "",
+        config=True,
+        help="""A pyLoadBalancer-style parameters.json (seed keys such as LB_QUEING_MAXPERUSER,
+        WKHUB_WORKERS, LB_IP; see the README). Balancer ports it names are used as given.""",
+    )
+    parameters = Dict(
+        config=True,
+        help="""parameters.json keys set in the Jupyter config; they override parameters_file,
+        e.g. c.PlbExtension.parameters = {"LB_QUEING_MAXPERUSER": 5000}.""",
+    )
+    connection_file = Unicode(
+        "",
+        config=True,
+        help="""Where the balancer writes its connection file (address, ports, key; mode 0600).
+        Default: plb-connection.json in the Jupyter runtime dir. Exported to kernels as
+        $PLB_CONNECTION_FILE; `plb hub --connect <file>` on another machine joins with a copy.""",
+    )
+    local_workers = Int(
+        config=True,
+        help="""Worker processes of the local hub started with the server (default: one per CPU).
+        0 starts no local hub (POST /plb/api/hub/local can still start one, with one worker per
+        CPU unless it says how many).""",
+    )
+
+    @default("local_workers")
+    def _default_local_workers(self) -> int:
+        return cpu_count()
+
+    @validate("local_workers")
+    def _check_local_workers(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 0:
+            raise ValueError("local_workers must be >= 0 (0: no local hub)")
+        return proposal["value"]
+
+    balancer: Balancer
+    healthcheck: HealthCheck
+    monitor: MonitorService
+
+    def effective_parameters(self) -> Parameters:
+        """The parameters with the precedence above (ports not named: 0)."""
+        values: dict[str, Any] = dict.fromkeys(PORT_KEYS, 0)
+        if self.parameters_file:
+            from_file = load_parameters(self.parameters_file)
+            named = json.loads(Path(self.parameters_file).read_text(encoding="utf-8"))
+            values.update((key, value) for key, value in from_file.items() if key in named)
+        values.update(self.parameters)
+        return validate_parameters(values, "PlbExtension.parameters")
+
+    def initialize_settings(self) -> None:
+        assert self.serverapp is not None
+        params = self.effective_parameters()
+        path = Path(self.connection_file or Path(self.serverapp.runtime_dir) / connection.FILE_NAME)
+        self.balancer = Balancer(params, connection_file=path)
+        self.healthcheck = HealthCheck(params, connection_file=path)
+        self.monitor = MonitorService(
+            self.balancer, LocalHub(path, self.local_workers or cpu_count())
+        )
+        self.settings[SETTINGS_KEY] = self.monitor
+        # Set before any kernel starts: kernels inherit the server's environment.
+        os.environ[connection.ENV_VAR] = str(path)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(jupyter_handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Bind the balancer, start the health check and the local hub on the server's loop."""
+        await self.balancer.start()
+        self.healthcheck.start()
+        if self.local_workers:
+            await self.monitor.local_hub.start()
+        self.log.info(
+            "PLB - jupyter_plb running; monitor at %s, connection file %s",
+            url_path_join(serverapp.base_url, "plb/monitor"),
+            self.balancer.connection_path,
+        )
+
+    async def stop_extension(self) -> None:
+        """Stop the local hub (and its workers), the health check and the balancer; never raises."""
+        if not hasattr(self, "monitor"):
+            return
+        for what, stop in (
+            ("event stream", self.monitor.events.close),
+            ("local hub", self.monitor.local_hub.stop),
+            ("health check", self.healthcheck.stop),
+            ("balancer", self.balancer.stop),
+        ):
+            try:
+                result = stop()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self.log.exception("PLB - error while stopping the %s", what)
