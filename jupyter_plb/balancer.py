@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol
+from . import __version__, connection, parameters, protocol, sockets
 from .errors import PlbError, ProtocolError, TaskRejected
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
@@ -133,19 +133,11 @@ class Balancer:
                 ("workers", "LB_WKPULLPORT"),
                 ("health", "LB_HCREPPORT"),
             ):
-                sock = self._context.socket(zmq.ROUTER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-                sock.setsockopt(zmq.SNDHWM, 100_000)
-                sock.setsockopt(zmq.RCVHWM, 100_000)
-                sock.setsockopt(zmq.MAXMSGSIZE, self.params["LB_MAX_MESSAGE_SIZE"])
+                sock, ports[role] = sockets.bind_router(
+                    self._context, bind_ip, self.params[key_name],
+                    max_message_size=self.params["LB_MAX_MESSAGE_SIZE"],
+                )
                 self._sockets[role] = sock
-                port = self.params[key_name]
-                if port:
-                    sock.bind(f"tcp://{bind_ip}:{port}")
-                else:
-                    port = sock.bind_to_random_port(f"tcp://{bind_ip}")
-                ports[role] = port
         except zmq.ZMQError as exc:
             self._close_sockets()
             raise PlbError(

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from . import connection, parameters, protocol
+from . import connection, parameters, protocol, sockets
 from .errors import (
     BalancerUnreachable,
     DeserializationError,
@@ -173,13 +173,7 @@ class _Connection:
         self._thread.start()
 
     def _dealer(self, identity: str) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.info.client_url)
-        return sock
+        return sockets.connect_dealer(self.context, self.info.client_url, identity)
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> None:

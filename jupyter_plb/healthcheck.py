@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from . import connection, parameters, protocol
+from . import connection, parameters, protocol, sockets
 from .protocol import Session
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ class HealthCheck:
         try:
             while True:
                 if sock is None:
-                    sock = context.socket(zmq.DEALER)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    sock.connect(info.health_url)
+                    sock = sockets.connect_dealer(context, info.health_url, protocol.new_id("hc"), linger_ms=0)
                 counter += 1
                 req = f"hc{counter}"
                 await sock.send_multipart(session.serialize({"type": "health", "req": req}))

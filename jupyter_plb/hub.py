@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from . import connection, parameters, protocol
+from . import connection, parameters, protocol, sockets
 from .connection import ConnectionInfo
 from .errors import PlbError
 from .protocol import Message, Session
@@ -139,10 +139,7 @@ class WorkerHub:
         self._info = self.connection_info()
         self._session = Session(self._info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.IDENTITY, self.id.encode())
-        self._socket.setsockopt(zmq.LINGER, 500)
-        self._socket.connect(self._info.worker_url)
+        self._socket = sockets.connect_dealer(self._context, self._info.worker_url, self.id, linger_ms=500)
         self._loop.add_reader(self._socket.getsockopt(zmq.FD), self._on_readable)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -157,9 +157,10 @@ def evaluate_call(source: str, ns: Namespace) -> tuple[Callable[..., Any], list[
 
 
 def split_function_and_iterable(source: str) -> tuple[str, str]:
-    """``FUNC ITERABLE`` → the two expressions (the first split where both parse)."""
-    for index, char in enumerate(source):
-        if char.isspace():
+    """``FUNC ITERABLE`` → the two expressions: the last split where both parse, so that
+    ``lambda x: x + 1 range(5)`` keeps ``+ 1`` in the lambda."""
+    for index in range(len(source) - 1, 0, -1):
+        if source[index].isspace():
             head, tail = source[:index].strip(), source[index:].strip()
             if head and tail and _parses(head) and _parses(tail):
                 return head, tail
@@ -397,25 +398,25 @@ class PlbMagics(Magics):
             raise UsageError(f"{items_source!r} is a {type(iterable).__name__}, not an iterable") from None
         view = self._view(args)
         counter = show.BatchCounter(total=math.ceil(len(items) / args.chunksize))
+        label = f"{getattr(fn, '__qualname__', 'map')} x {len(items)}"
+        # with --async only a widget follows the batch: a text line would scribble over the prompt
+        follow = items and (show.in_kernel() or not args.asynchronous)
+        live = self._progress(counter, label, args.user or self.client.user) if follow else None
         futures: list[Any] = []
-        if items:
-            label = f"{getattr(fn, '__qualname__', 'map')} × {len(items)}"
-            live = self._progress(counter, label, args.user or self.client.user)
-            try:
-                with self._balancer():
-                    for fut in view.map_futures(fn, items, chunksize=args.chunksize):
-                        futures.append(fut)
-                        counter.add([fut])
-                if args.asynchronous:
-                    self._remember(futures)
-                    self._store(args.out, futures)
-                    return futures
+        try:
+            with self._balancer():
+                for fut in view.map_futures(fn, items, chunksize=args.chunksize):
+                    futures.append(fut)
+                    counter.add([fut])
+            if not args.asynchronous:
                 counter.wait(None)
-            except BaseException:
-                self._cancel_quietly(futures)
+        except BaseException:
+            self._cancel_quietly(futures)
+            counter.close()
+            raise
+        finally:
+            if live is not None and not args.asynchronous:
                 live.stop()
-                raise
-            live.stop()
         self._remember(futures)
         self._store(args.out, futures)
         if args.asynchronous:

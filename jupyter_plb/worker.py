@@ -23,7 +23,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from . import protocol
+from . import protocol, sockets
 from .protocol import Buffer, Message, Session
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,7 @@ class _Worker:
         self.config = config
         self.session = Session(config.key, max_message_size=config.max_message_size)
         self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, config.worker_id.encode())
-        self.socket.setsockopt(zmq.LINGER, 1000)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.connect(config.url)
+        self.socket = sockets.connect_dealer(self.context, config.url, config.worker_id)
         self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
         for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
             self.routes[name] = (fn, kwargs, _accepts_progress(fn))

@@ -266,7 +266,7 @@ counter""")
     ("%%plb submit double(1)\nx = 1", "takes only options"),
     ("%%plb submit\nundefined_name + 1", "name 'undefined_name' is not defined"),
     ("%%plb submit\nif True\n    x = 1", "syntax error in the cell, line 1"),
-    ("%%plb submit\n", "the cell is empty"),
+    ("%%plb submit\n# only a comment", "the cell is empty"),
     ("%%plb submit\nfrom os import *", "cannot run as a task"),
     ("%plb map double", "expected a function and an iterable"),
     ("%plb map double 42", "not an iterable"),
@@ -290,7 +290,7 @@ def test_map_returns_the_results_with_a_text_progress_bar(ip: Any, capsys: pytes
     assert run(ip, "squares = %plb map double range(30) --chunksize 4") is None
     assert ip.user_ns["squares"] == [2 * i for i in range(30)]
     err = capsys.readouterr().err
-    assert "double × 30 [" in err and "8/8 done 8 failed 0" in err
+    assert "double x 30 [" in err and "8/8 done 8 failed 0" in err
 
 
 def test_map_of_a_lambda_over_a_generator(ip: Any) -> None:
@@ -342,7 +342,7 @@ def test_result_prints_the_output_and_returns_the_value(ip: Any, capsys: pytest.
     capsys.readouterr()
     assert run(ip, "%plb result") == "ONE"  # the last task
     captured = capsys.readouterr()
-    assert captured.out == "said one\n" and captured.err == "warned one\n"
+    assert captured.out.startswith("said one\n") and captured.err == "warned one\n"
     assert run(ip, f"%plb result {fut.task_id}") == "ONE"
     assert run(ip, "%plb result f1") == "ONE"
 
@@ -395,7 +395,7 @@ def test_cancel_by_id_by_variable_and_all(
     run(ip, "%plb cancel many t_unknown")
     assert capsys.readouterr().out == "cancelled 3 of 4 task(s); unknown: t_unknown\n"
     assert all(f.cancelled() for f in ip.user_ns["many"])
-    run(ip, "%plb submit -p 1e12 double(1)\n%plb submit -p 1e12 double(2)")
+    run(ip, "_ = %plb submit -p 1e12 double(1)\n_ = %plb submit -p 1e12 double(2)")
     run(ip, "%plb cancel all")
     assert capsys.readouterr().out == "cancelled 2 of 2 task(s)\n"
     assert other_client.tasks(state="queued", limit=10)["total"] == 0

@@ -1,0 +1,87 @@
+"""The wire: signatures, replays and garbage at every port, with a good client served throughout."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from jupyter_plb import protocol
+from jupyter_plb.client import Client
+from jupyter_plb.errors import DeserializationError, ProtocolError
+from jupyter_plb.protocol import Session
+
+from .conftest import wait_for
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_session_round_trip_and_refusals() -> None:
+    sender, receiver = Session(b"secret-key"), Session(b"secret-key")
+    frames = sender.serialize({"type": "x", "n": 1}, [b"payload", memoryview(b"more")])
+    msg = receiver.deserialize(frames)
+    assert msg.header["n"] == 1 and [bytes(b) for b in msg.buffers] == [b"payload", b"more"]
+    with pytest.raises(ProtocolError, match="replay"):
+        receiver.deserialize(frames)
+    tampered = [*frames[:3], b"payloaX", frames[4]]
+    with pytest.raises(ProtocolError, match="signature"):
+        Session(b"secret-key").deserialize(tampered)
+    with pytest.raises(ProtocolError, match="signature"):
+        Session(b"other-key").deserialize(sender.serialize({"type": "x"}))
+    with pytest.raises(ProtocolError, match="truncated"):
+        receiver.deserialize([protocol.VERSION])
+    with pytest.raises(ProtocolError, match="version"):
+        receiver.deserialize([b"http/1.1", b"", b"{}"])
+    assert receiver.rejected == {"replay": 1, "truncated": 1, "version": 1}
+
+
+def test_unpickling_needs_valid_pickle() -> None:
+    assert protocol.loads(protocol.dumps({"a": [1, 2]})) == {"a": [1, 2]}
+    with pytest.raises(DeserializationError, match="cannot unpickle"):
+        protocol.loads([b"not a pickle"])
+
+
+def _attacker_frames(good: Session) -> list[tuple[str, list[bytes]]]:
+    valid = good.serialize({"type": "status", "req": "attacker"})
+    unsigned = Session(b"wrong-key-wrong-key").serialize({"type": "submit", "tasks": []})
+    return [
+        ("garbage", [b"\x00\xff" * 10]),
+        ("truncated", [protocol.VERSION, b"sig"]),
+        ("unsigned", unsigned),
+        ("replayed", valid),
+        ("replayed", valid),
+        ("oversized-json", good.serialize({"type": "submit", "tasks": [{"id": "x" * 10_000}]})),
+        ("nested", [protocol.VERSION, b"", b"[" * 100_000]),
+    ]
+
+
+@pytest.mark.parametrize("port", ["client_port", "worker_port", "health_port"])
+def test_bad_messages_are_dropped_and_counted_while_a_good_client_is_served(
+    ready_client: Client, connection_file, port: str
+) -> None:
+    info = ready_client.connection_info
+    assert ready_client.submit(add, 1, 2).result(timeout=20) == 3
+    before = ready_client.status()["totals"]["bad_messages"]
+    context = zmq.Context()
+    attacker = context.socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    attacker.connect(info.url(getattr(info, port)))
+    sent = 0
+    try:
+        for _name, frames in _attacker_frames(Session(info.key_bytes)):
+            attacker.send_multipart(frames)
+            sent += 1
+        futures = [ready_client.submit(add, i, i) for i in range(50)]
+        assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(50)]
+        status = wait_for(
+            lambda: (s := ready_client.status())["totals"]["bad_messages"] - before >= 4 and s,
+            what="the bad messages to be counted",
+        )
+        rejected = status["rejected"]
+        assert rejected.get("signature", 0) >= 2 and rejected.get("replay", 0) >= 1
+        assert rejected.get("truncated", 0) >= 1
+    finally:
+        attacker.close()
+        context.term()
+    assert ready_client.submit(add, 20, 22).result(timeout=20) == 42
