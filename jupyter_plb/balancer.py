@@ -38,6 +38,8 @@ DRAIN_BUDGET = 2000
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
 MAX_RETRIES = 100
+#: Slots whose tasks take less than this on average get prefetched tasks.
+PREFETCH_BELOW = 0.005
 
 
 @dataclass(slots=True, eq=False)
@@ -104,6 +106,8 @@ class Balancer:
         self._retention: collections.deque[tuple[float, str]] = collections.deque()
         self._finished: collections.deque[tuple[float, str]] = collections.deque()
         self._unschedulable: dict[str, str] = {}
+        self._run_times: dict[str, float] = {}
+        self._stealing: dict[str, tuple[str, str]] = {}
         self._result_bytes = 0
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
@@ -594,6 +598,7 @@ class Balancer:
         now: float,
     ) -> None:
         task_id = info.get("id")
+        self._stealing.pop(task_id, None)
         released = self.scheduler.release(worker_id, task_id) if isinstance(task_id, str) else None
         slot = self.scheduler.slot_of(worker_id)
         if released is not None and slot is not None and slot.assigned:
@@ -625,6 +630,14 @@ class Balancer:
         self._finish(task, state, now, result, buffers, digests)
         if _finite(ended) and _finite(started):
             self.stats.ran(task, float(started), float(ended))
+            self._learn_run_time(worker_id, float(ended) - float(started))
+
+    def _learn_run_time(self, worker_id: str, seconds: float) -> None:
+        """Keep a moving average of a slot's task run time; prefetch only for short tasks."""
+        previous = self._run_times.get(worker_id, seconds)
+        average = 0.8 * previous + 0.2 * seconds
+        self._run_times[worker_id] = average
+        self.scheduler.set_prefetch(worker_id, average < PREFETCH_BELOW)
 
     def _on_progress(self, msg: Message) -> None:
         task = self.tasks.get(str(msg.header.get("id")))
@@ -650,6 +663,15 @@ class Balancer:
             for worker_id in list(hub.workers):
                 self._lose_worker(worker_id, f"hub {hub.name} stopped", count_attempt=False)
 
+    def _on_skipped(self, msg: Message) -> None:
+        """A worker handed back a task it had not started: queue it again, first in line."""
+        task_id = str(msg.header.get("id"))
+        worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
+        self._stealing.pop(task_id, None)
+        task = self.scheduler.release(worker_id, task_id)
+        if task is not None and task.state is TaskState.RUNNING:
+            self._requeue(task)
+
     _worker_handlers: dict[str, Callable[[Balancer, Message], None]] = {
         "hub_hello": _on_hub_hello,
         "heartbeat": _on_heartbeat,
@@ -658,6 +680,7 @@ class Balancer:
         "progress": _on_progress,
         "worker_lost": _on_worker_lost,
         "hub_bye": _on_hub_bye,
+        "skipped": _on_skipped,
     }
 
     def _hub_of(self, worker_id: str) -> Hub | None:
@@ -672,7 +695,10 @@ class Balancer:
         if hub is not None:
             hub.workers.pop(worker_id, None)
         self.worker_functions.pop(worker_id, None)
+        self._run_times.pop(worker_id, None)
         tasks = self.scheduler.remove_slot(worker_id)
+        for task in tasks:
+            self._stealing.pop(task.id, None)
         if tasks or hub is not None:
             log.warning("LB - WORKER LOST (%s): %s", worker_id, reason)
         now = self.now()
@@ -751,6 +777,8 @@ class Balancer:
     # -- dispatch and results -----------------------------------------------------------------
     def _dispatch(self) -> None:
         assignments = self.scheduler.dispatch()
+        if not self.scheduler.queued_count:
+            self._steal_for_idle_slots()
         if not assignments:
             return
         now = self.now()
@@ -768,6 +796,19 @@ class Balancer:
             self._event(task)
         for slot_id, (_slot, tasks) in by_slot.items():
             self._send_tasks(slot_id, tasks)
+
+    def _steal_for_idle_slots(self) -> None:
+        """Nothing is queued but a slot is idle: ask a busy worker to hand back a waiting task."""
+        thieves = {thief for _, thief in self._stealing.values()}
+        for slot in list(self.scheduler.slots.values()):
+            if slot.assigned or not slot.accepting or slot.id in thieves:
+                continue
+            found = self.scheduler.stealable(slot, set(self._stealing))
+            if found is None:
+                return
+            victim, task = found
+            self._stealing[task.id] = (victim.id, slot.id)
+            self._send("workers", victim.id.encode(), {"type": "skip", "id": task.id, "reply": True})
 
     def _send_tasks(self, worker_id: str, tasks: list[Task]) -> None:
         cache = self.worker_functions.setdefault(worker_id, collections.OrderedDict())

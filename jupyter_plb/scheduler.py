@@ -20,14 +20,19 @@ ClassKey = tuple[float, str | None]
 
 @dataclass(slots=True, eq=False)
 class Slot:
-    """One worker process: it runs one task and may hold ``capacity - 1`` more in prefetch."""
+    """One worker process: it runs one task and may hold ``capacity - 1`` more in prefetch.
+
+    ``capacity`` is set by the balancer: prefetch pays only for tasks shorter than a round trip,
+    and costs balance at the end of a batch for longer ones.
+    """
 
     id: str
     group: str
     min_p: float
     max_p: float
     routes: frozenset[str]
-    capacity: int
+    capacity: int = 1
+    accepting: bool = True
     assigned: OrderedDict[str, Task] = field(default_factory=OrderedDict)
 
     @property
@@ -110,9 +115,19 @@ class Scheduler:
     def add_slot(
         self, slot_id: str, group: str, min_p: float, max_p: float, routes: frozenset[str]
     ) -> Slot:
-        slot = Slot(slot_id, group, min_p, max_p, routes, 1 + self.prefetch)
+        slot = Slot(slot_id, group, min_p, max_p, routes)
         self.slots[slot_id] = slot
         return slot
+
+    def set_prefetch(self, slot_id: str, short_tasks: bool) -> None:
+        """Let a slot hold ``prefetch`` tasks beyond the running one for short tasks, one for long.
+
+        One waiting task hides the round trip between two long tasks; idle slots steal it back
+        at the end of a batch (``stealable``), so it never leaves a slot idle.
+        """
+        slot = self.slots.get(slot_id)
+        if slot is not None:
+            slot.capacity = 1 + (self.prefetch if short_tasks else min(1, self.prefetch))
 
     def remove_slot(self, slot_id: str) -> list[Task]:
         """Forget a slot; return the tasks it held (running first), no longer counted as running."""
@@ -223,7 +238,7 @@ class Scheduler:
         assignments: list[tuple[Slot, Task]] = []
         for depth in range(1 + self.prefetch):
             for slot in self.slots.values():
-                if len(slot.assigned) > depth:
+                if len(slot.assigned) > depth or depth >= slot.capacity or not slot.accepting:
                     continue
                 task = self._pick(slot)
                 if task is None:
@@ -241,6 +256,21 @@ class Scheduler:
         user.running += 1
         self._serve_counter += 1
         user.last_served = self._serve_counter
+
+    def stealable(self, idle: Slot, exclude: set[str]) -> tuple[Slot, Task] | None:
+        """A prefetched (not running) task the idle slot could run, from the fullest other slot."""
+        best: tuple[Slot, Task] | None = None
+        for slot in self.slots.values():
+            if slot is idle or len(slot.assigned) < 2:
+                continue
+            if best is not None and len(slot.assigned) <= len(best[0].assigned):
+                continue
+            waiting = list(slot.assigned.values())[1:]
+            for task in reversed(waiting):
+                if task.id not in exclude and idle.accepts((task.priority, task.route)):
+                    best = (slot, task)
+                    break
+        return best
 
     def release(self, slot_id: str, task_id: str) -> Task | None:
         """A slot finished (or dropped) a task: free its credit. None if it did not hold it."""

@@ -35,6 +35,15 @@ MAX_OUTPUT = 1 << 20
 #: Results finished within this many seconds of each other travel in one message.
 RESULT_BATCH_WINDOW = 0.002
 RESULT_BATCH_MAX = 4
+#: Exit code of a worker that retired cleanly (recycled after its task quota, or drained): its hub
+#: replaces it (unless draining) without counting a crash, and its tasks are not charged an attempt.
+EXIT_RETIRED = 85
+#: This interpreter's versions, named when a pickle from a client cannot be loaded here.
+VERSIONS = "Python %d.%d.%d, cloudpickle %s" % (*sys.version_info[:3], cloudpickle.__version__)
+
+
+class _Retire(Exception):
+    """Leave the loop: flush results, say ``worker_bye``, exit with EXIT_RETIRED."""
 
 
 @dataclass(slots=True)
@@ -51,6 +60,10 @@ class WorkerConfig:
     routes: bytes
     control_fd: int = -1
     max_message_size: int = 256 << 20
+    #: Retire after this many tasks (0: never); the hub starts a fresh worker.
+    max_tasks: int = 0
+    #: Address-space limit in bytes (RLIMIT_AS; 0: none): a task over it fails with MemoryError.
+    memory_limit: int = 0
 
 
 _current: _Worker | None = None
@@ -143,7 +156,10 @@ class _Worker:
             self.announce()
         elif msg.type == "skip":
             skipped = msg.header.get("id")
+            before = len(self.pending)
             self.pending = deque(p for p in self.pending if p[0].get("id") != skipped)
+            if msg.header.get("reply") and len(self.pending) < before:
+                self.send({"type": "skipped", "id": skipped})
         elif msg.type == "stop":
             raise SystemExit(0)
 

@@ -114,6 +114,7 @@ def test_cancel_and_requeue_keep_order() -> None:
     for i in range(4):
         s.submit(task(f"A{i}", "alice"))
     assert s.cancel_queued("A3") is not None
+    s.set_prefetch("w1", True)
     assigned = [t.id for _, t in s.dispatch()]
     assert assigned == ["A0", "A1"], "one running, one prefetched"
     lost = s.remove_slot("w1")

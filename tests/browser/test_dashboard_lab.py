@@ -1,0 +1,137 @@
+"""JupyterLab in a real browser: run dashboard.ipynb and watch the Dashboard move while a cell is busy.
+
+The balancer is a LocalCluster of the test; JupyterLab is told where it is through
+``PLB_CONNECTION_FILE`` and runs with the jupyter_plb server extension off, so the kernel uses
+the test's balancer. Chromium is Debian's; a screenshot goes to ``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_plb.client import Client
+from jupyter_plb.launch import stop_process
+
+from tests.conftest import ROOT, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+    pytest.mark.timeout(240),
+]
+
+#: What the page shows: the dashboard's done/running totals and which code cell is busy.
+READ_STATE = """() => {
+  const number = (cls) => {
+    const el = document.querySelector(`.plb-dashboard .plb-totals .${cls} b`);
+    return el ? Number(el.textContent) : null;
+  };
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
+    .map((p) => p.textContent.trim());
+  const busy = prompts.findIndex((p) => p.includes('*'));
+  return {done: number('plb-done'), running: number('plb-running'), busy, prompts};
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture
+def lab(ready_client: Client, connection_file: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """JupyterLab on a free port, its root holding dashboard.ipynb; yields (base url, token)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "dashboard.ipynb", root)
+    token = secrets.token_hex(16)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PLB_CONNECTION_FILE": str(connection_file),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **{name: str(tmp_path / name.lower()) for name in (
+            "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")},
+    }
+    log = (tmp_path / "lab.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--ServerApp.jpserver_extensions=jupyter_plb=False", "--LabApp.news_url=None",
+         "--LabApp.expose_app_in_browser=True"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: answers(f"{base}/api/status?token={token}") or server.poll() is not None,
+                 timeout=90, what="JupyterLab to answer")
+        assert server.poll() is None, (tmp_path / "lab.log").read_text()
+        yield base, token
+    finally:
+        stop_process(server)
+        log.close()
+
+
+def test_dashboard_moves_while_another_cell_is_busy(lab: tuple[str, str]) -> None:
+    base, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(f"{base}/lab/tree/dashboard.ipynb?reset&token={token}")
+            page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+            page.wait_for_selector("text=| Idle", timeout=90_000)
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_selector(".plb-dashboard .plb-totals", timeout=60_000)
+
+            # The 4th code cell is `%plb wait all`: sample the dashboard while it is the busy one.
+            samples: list[dict[str, Any]] = []
+            state: dict[str, Any] = page.evaluate(READ_STATE)
+            while state["busy"] != -1 and len(samples) < 200:
+                state = page.wait_for_function(
+                    f"(prev) => {{ const s = ({READ_STATE})(); "
+                    "return (s.done !== prev.done || s.running !== prev.running || s.busy !== prev.busy) && s; }",
+                    arg=state, timeout=60_000,
+                ).json_value()
+                samples.append(state)
+                if state["busy"] == 3 and len({s["done"] for s in samples if s["busy"] == 3}) == 4:
+                    page.locator(".plb-dashboard").screenshot(path=str(ARTIFACTS / "dashboard-busy.png"))
+            while_busy = [s for s in samples if s["busy"] == 3]
+            assert len({s["done"] for s in while_busy}) >= 3, samples
+            assert any(s["running"] for s in while_busy), samples
+
+            page.wait_for_function(f"() => ({READ_STATE})().done >= 40", timeout=60_000)
+            page.wait_for_selector("text=item 16 is unlucky", timeout=30_000)
+            page.locator(".plb-dashboard").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+            assert page.locator(".plb-dashboard .plb-user").count() >= 2  # root and bob
+        finally:
+            browser.close()
