@@ -12,6 +12,9 @@ import io
 import logging
 import pickle
 import os
+import resource
+import signal
+import socket
 import sys
 import time
 import traceback
@@ -24,6 +27,7 @@ import cloudpickle
 import zmq
 
 from . import protocol, sockets
+from .errors import DeserializationError
 from .protocol import Buffer, Message, Session
 
 log = logging.getLogger(__name__)
@@ -119,6 +123,8 @@ class _Worker:
         self.first_unsent = 0.0
         self.task_id: str | None = None
         self._last_progress = (0.0, -1)
+        self.completed = 0
+        self.origins: dict[str, str] = {}
 
     # -- messages ---------------------------------------------------------------------------
     def send(self, header: dict[str, Any], buffers: list[Buffer] | None = None) -> None:
@@ -168,7 +174,9 @@ class _Worker:
         for spec in msg.header.get("tasks", []):
             fn_count = int(spec.get("fnbuf", 0))
             if fn_count:
-                self.cache_function(spec["fn"], msg.buffers[position : position + fn_count])
+                self.cache_function(
+                    spec["fn"], msg.buffers[position : position + fn_count], spec.get("origin")
+                )
                 position += fn_count
             elif spec.get("fn") in self.functions:
                 self.functions.move_to_end(spec["fn"])
@@ -176,14 +184,36 @@ class _Worker:
             self.pending.append((spec, msg.buffers[position : position + count]))
             position += count
 
-    def cache_function(self, digest: str, buffers: list[Buffer]) -> None:
+    def cache_function(self, digest: str, buffers: list[Buffer], origin: Any = None) -> None:
+        if isinstance(origin, str):
+            self.origins[digest] = origin[:200]
         try:
             fn: Any = protocol.loads(buffers)
+        except DeserializationError as exc:
+            fn = self.versions_error(digest, exc)
         except Exception as exc:
             fn = exc
         self.functions[digest] = fn
         if len(self.functions) > FUNCTION_CACHE_SIZE:
-            self.functions.popitem(last=False)
+            evicted, _ = self.functions.popitem(last=False)
+            self.origins.pop(evicted, None)
+
+    def versions_error(self, digest: Any, exc: DeserializationError) -> DeserializationError:
+        """``exc`` with both sides' Python and cloudpickle versions, and what to do about them."""
+        origin = self.origins.get(digest) if isinstance(digest, str) else None
+        host = socket.gethostname()
+        here = f"this worker (on {host}) runs {VERSIONS}"
+        if origin is None:
+            advice = f"{here}; the client did not say which versions it runs"
+        elif origin == VERSIONS:
+            advice = (f"the client and this worker (on {host}) both run {VERSIONS}, so a module "
+                      "the task needs is probably not installed on this hub's machine")
+        else:
+            advice = (f"the client runs {origin} but {here}: run the hub with the client's Python "
+                      "and cloudpickle versions")
+        error = DeserializationError(f"{exc}; {advice}")
+        error.__cause__ = exc.__cause__
+        return error
 
     # -- running ----------------------------------------------------------------------------
     def report_progress(self, value: float) -> None:
@@ -209,7 +239,10 @@ class _Worker:
             raise LookupError("the task's function did not reach this worker")
         if isinstance(fn, Exception):
             raise fn
-        args, kwargs = protocol.loads(buffers)
+        try:
+            args, kwargs = protocol.loads(buffers)
+        except DeserializationError as exc:
+            raise self.versions_error(spec.get("fn"), exc) from exc.__cause__
         if spec.get("chunk"):
             return [fn(*item) for item in args]
         return fn(*args, **kwargs)
@@ -229,6 +262,12 @@ class _Worker:
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
             header["state"] = "failed"
             header["error"] = _error_info(exc)
+            if isinstance(exc, MemoryError) and self.config.memory_limit:
+                limit = self.config.memory_limit / (1 << 20)
+                header["error"]["message"] = " ".join(filter(None, [
+                    str(exc), f"(the task went over this worker's memory limit of {limit:.0f} MiB: "
+                    "plb hub --memory-limit)",
+                ]))
             with contextlib.suppress(Exception):
                 result_buffers = protocol.dumps(exc)
         header["ended"] = time.time()
@@ -238,6 +277,7 @@ class _Worker:
         if err.tell():
             header["stderr"] = err.getvalue()
         self.task_id = None
+        self.completed += 1
         if not self.outgoing:
             self.first_unsent = time.monotonic()
         self.outgoing.append((header, result_buffers))

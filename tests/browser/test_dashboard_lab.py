@@ -2,11 +2,13 @@
 
 The balancer is a LocalCluster of the test; JupyterLab is told where it is through
 ``PLB_CONNECTION_FILE`` and runs with the jupyter_plb server extension off, so the kernel uses
-the test's balancer. Chromium is Debian's; a screenshot goes to ``test-artifacts/dashboard.png``.
+the test's balancer. The ``page`` fixture (tests/browser/conftest.py) drives Debian's chromium;
+a screenshot goes to ``test-artifacts/dashboard.png``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -26,16 +28,10 @@ from jupyter_plb.launch import stop_process
 
 from tests.conftest import ROOT, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
 
-sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
-    pytest.mark.timeout(240),
-]
+pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.timeout(240)
 
 #: What the page shows: the dashboard's done/running totals and which code cell is busy.
 READ_STATE = """() => {
@@ -79,6 +75,10 @@ def lab(ready_client: Client, connection_file: Path, tmp_path: Path) -> Iterator
         **{name: str(tmp_path / name.lower()) for name in (
             "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")},
     }
+    # every cell in the DOM (no windowing), so the test can see which one is running
+    tracker = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     log = (tmp_path / "lab.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
@@ -98,40 +98,33 @@ def lab(ready_client: Client, connection_file: Path, tmp_path: Path) -> Iterator
         log.close()
 
 
-def test_dashboard_moves_while_another_cell_is_busy(lab: tuple[str, str]) -> None:
+def test_dashboard_moves_while_another_cell_is_busy(lab: tuple[str, str], page: Any) -> None:
     base, token = lab
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.goto(f"{base}/lab/tree/dashboard.ipynb?reset&token={token}")
-            page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
-            page.wait_for_selector("text=| Idle", timeout=90_000)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            page.wait_for_selector(".plb-dashboard .plb-totals", timeout=60_000)
+    page.set_viewport_size({"width": 1280, "height": 1100})
+    page.goto(f"{base}/lab/tree/dashboard.ipynb?reset&token={token}")
+    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
+    page.wait_for_selector("text=| Idle", timeout=90_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_selector(".plb-dashboard .plb-totals", timeout=60_000)
 
-            # The 4th code cell is `%plb wait all`: sample the dashboard while it is the busy one.
-            samples: list[dict[str, Any]] = []
-            state: dict[str, Any] = page.evaluate(READ_STATE)
-            while state["busy"] != -1 and len(samples) < 200:
-                state = page.wait_for_function(
-                    f"(prev) => {{ const s = ({READ_STATE})(); "
-                    "return (s.done !== prev.done || s.running !== prev.running || s.busy !== prev.busy) && s; }",
-                    arg=state, timeout=60_000,
-                ).json_value()
-                samples.append(state)
-                if state["busy"] == 3 and len({s["done"] for s in samples if s["busy"] == 3}) == 4:
-                    page.locator(".plb-dashboard").screenshot(path=str(ARTIFACTS / "dashboard-busy.png"))
-            while_busy = [s for s in samples if s["busy"] == 3]
-            assert len({s["done"] for s in while_busy}) >= 3, samples
-            assert any(s["running"] for s in while_busy), samples
+    # The 4th code cell is `%plb wait all`: sample the dashboard while it is the busy one.
+    samples: list[dict[str, Any]] = []
+    state: dict[str, Any] = page.evaluate(READ_STATE)
+    while state["busy"] != -1 and len(samples) < 200:
+        state = page.wait_for_function(
+            f"(prev) => {{ const s = ({READ_STATE})(); "
+            "return (s.done !== prev.done || s.running !== prev.running || s.busy !== prev.busy) && s; }",
+            arg=state, timeout=60_000,
+        ).json_value()
+        samples.append(state)
+        if state["busy"] == 3 and len({s["done"] for s in samples if s["busy"] == 3}) == 4:
+            page.locator(".plb-dashboard").screenshot(path=str(ARTIFACTS / "dashboard-busy.png"))
+    while_busy = [s for s in samples if s["busy"] == 3]
+    assert len({s["done"] for s in while_busy}) >= 3, samples
+    assert any(s["running"] for s in while_busy), samples
 
-            page.wait_for_function(f"() => ({READ_STATE})().done >= 40", timeout=60_000)
-            page.wait_for_selector("text=item 16 is unlucky", timeout=30_000)
-            page.locator(".plb-dashboard").scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
-            assert page.locator(".plb-dashboard .plb-user").count() >= 2  # root and bob
-        finally:
-            browser.close()
+    page.wait_for_selector("text=item 16 is unlucky", timeout=30_000)
+    page.locator(".plb-dashboard").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    assert page.locator(".plb-dashboard .plb-user").count() >= 2  # root and bob
