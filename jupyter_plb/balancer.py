@@ -23,11 +23,12 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol, sockets
-from .errors import PlbError, ProtocolError, TaskRejected
+from . import __version__, connection, parameters, protocol, security, sockets
+from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
+from .store import MemoryStore, SqliteStore, TaskStore
 from .tasks import Task, TaskState
 from .worker import FUNCTION_CACHE_SIZE
 
@@ -38,6 +39,9 @@ DRAIN_BUDGET = 2000
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
 MAX_RETRIES = 100
+#: After a restart, tasks that were running wait this many heartbeats for their worker to
+#: re-announce them before they are queued again.
+ORPHAN_GRACE = 3
 #: Slots whose tasks take less than this on average get prefetched tasks.
 PREFETCH_BELOW = 0.005
 
@@ -55,6 +59,9 @@ class Hub:
     last_seen: float = 0.0
     state: str = "ok"
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alive: set[str] = field(default_factory=set)
+    #: With CurveZMQ, the User-Id of the certificate that registered it (only it may speak for it).
+    cert: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -62,6 +69,8 @@ class StoredFunction:
     buffers: list[Buffer]
     digests: list[bytes]
     refs: int = 0
+    #: The submitting client's "Python x.y.z, cloudpickle v", passed on to workers with the pickle.
+    origin: str | None = None
 
 
 def function_digest(digests: list[bytes]) -> str:
@@ -107,6 +116,9 @@ class Balancer:
         self._finished: collections.deque[tuple[float, str]] = collections.deque()
         self._unschedulable: dict[str, str] = {}
         self._run_times: dict[str, float] = {}
+        self._orphans: dict[str, Task] = {}
+        self._orphans_deadline = 0.0
+        self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
         self._result_bytes = 0
         self._context: zmq.Context | None = None
@@ -116,6 +128,10 @@ class Balancer:
         self._pump_scheduled = False
         self._in_pump = False
         self.session: Session | None = None
+        #: CurveZMQ keys and authenticator (security.py); None when Curve is off.
+        self.curve: security.CurveServer | None = None
+        #: The certificate User-Id of the message being handled (None without Curve).
+        self.sender: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     @property
@@ -126,9 +142,14 @@ class Balancer:
         """Bind the sockets on the running loop and write the connection file."""
         self._loop = asyncio.get_running_loop()
         path = connection.resolve_path(self.params)
-        key = connection.existing_key(path) or connection.new_key()
+        try:
+            previous: connection.ConnectionInfo | None = connection.read(path)
+        except ConnectionFileError:
+            previous = None
+        key = previous.key if previous else connection.new_key()
         self.session = Session(key.encode(), max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
         self._context = zmq.Context()
+        self._start_curve()
         bind_ip = self.params["LB_BIND_IP"] or self.params["LB_IP"]
         ports = {}
         try:
@@ -138,8 +159,9 @@ class Balancer:
                 ("health", "LB_HCREPPORT"),
             ):
                 sock, ports[role] = sockets.bind_router(
-                    self._context, bind_ip, self.params[key_name],
+                    self._context, bind_ip, self._port_for(key_name, previous),
                     max_message_size=self.params["LB_MAX_MESSAGE_SIZE"],
+                    curve=self.curve.keys if self.curve else None, domain=role,
                 )
                 self._sockets[role] = sock
         except zmq.ZMQError as exc:
@@ -159,8 +181,12 @@ class Balancer:
             health_port=ports["health"],
             key=key,
             balancer_id=self.id,
+            curve_serverkey=self.curve.keys.public.decode() if self.curve else "",
+            security_dir=str(self.curve.directory) if self.curve else "",
         )
         self.connection_path = connection.write(self.info, path)
+        self.store = self._open_store(path)
+        self._restore()
         self._timer = self._loop.call_later(self._tick_interval, self._tick)
         log.info(
             "LB - STARTED %s on %s (clients %d, workers %d, health %d); connection file %s",
@@ -171,12 +197,100 @@ class Balancer:
         return self.info
 
     async def stop(self) -> None:
-        """Tell hubs and workers nothing more is coming, close the sockets."""
+        """Commit the journal and close the sockets."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.store.close()
         self._close_sockets()
         log.info("LB - STOPPED %s", self.id)
+
+    def _port_for(self, key_name: str, previous: connection.ConnectionInfo | None) -> int:
+        """The configured port; when it is 0 (any), the previous balancer's, so peers find us again."""
+        port = self.params[key_name]
+        if port or previous is None or previous.address != self.params["LB_IP"]:
+            return port
+        return {
+            "LB_CLIENTPULLPORT": previous.client_port,
+            "LB_WKPULLPORT": previous.worker_port,
+            "LB_HCREPPORT": previous.health_port,
+        }[key_name]
+
+    def _open_store(self, connection_path: Path) -> TaskStore:
+        journal = self.params["LB_JOURNAL"]
+        if journal is False or journal in ("none", "memory"):
+            return MemoryStore()
+        path = Path(journal) if isinstance(journal, str) and journal != "auto" else (
+            connection_path.with_name(connection_path.stem + ".journal.sqlite")
+        )
+        return SqliteStore(path)
+
+    def _restore(self) -> None:
+        """Rebuild queues, running tasks and results from the journal of a previous run."""
+        restored = collections.Counter()
+        top_seq = 0
+        for stored in self.store.load():
+            task = stored.task
+            top_seq = max(top_seq, task.seq)
+            task.digests = [protocol.digest(b) for b in task.buffers]
+            if task.fn is not None and task.fn not in self.functions and stored.fn_buffers:
+                self.functions[task.fn] = StoredFunction(
+                    stored.fn_buffers, [protocol.digest(b) for b in stored.fn_buffers]
+                )
+            self.tasks[task.id] = task
+            restored[task.state.value] += 1
+            if task.state.finished:
+                task.result_digests = [protocol.digest(b) for b in task.result_buffers]
+                task.result_size = sum(len(b) for b in task.result_buffers)
+                self._result_bytes += task.result_size
+                self._finished.append((task.ended or self.now(), task.id))
+                if task.collected is not None:
+                    self._retention.append((task.collected + self.params["LB_RESULT_RETENTION"], task.id))
+                continue
+            if task.fn is not None and task.fn in self.functions:
+                self.functions[task.fn].refs += 1
+            if task.state is TaskState.RUNNING:
+                self._orphans[task.id] = task
+            else:
+                self.scheduler.requeue(task)
+        self.scheduler.continue_sequence(top_seq)
+        if restored:
+            self._orphans_deadline = self.now() + ORPHAN_GRACE * self.params["LB_HEARTBEAT_INTERVAL"]
+            log.info("LB - RESTORED from %s: %s", getattr(self.store, "path", "journal"),
+                     ", ".join(f"{n} {s}" for s, n in sorted(restored.items())))
+
+    # -- transport security (security.py) -------------------------------------------------------
+    def _start_curve(self) -> None:
+        """CurveZMQ on every socket when the policy asks for it, with the ZAP authenticator."""
+        assert self._context is not None and self._loop is not None and self.session is not None
+        loop, rejected = self._loop, self.session.rejected
+        try:
+            if security.curve_enabled(self.params):
+                self.curve = security.CurveServer.load(self.params)
+                self.curve.start(
+                    self._context,
+                    lambda _dom, _why: loop.call_soon_threadsafe(rejected.update, ["certificate"]),
+                )
+        except BaseException:
+            self._context.term()
+            self._context = None
+            raise
+
+    def _owned(self, task_id: Any) -> Task | None:
+        """The task, if the sending client may see it: with Curve, only its certificate's user's."""
+        task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is not None and self.sender is not None and task.user != self.sender:
+            return None
+        return task
+
+    def _check_hub_sender(self, msg: Message) -> None:
+        """With Curve, a hub (and its workers) speaks only for the hub its certificate made."""
+        h = msg.header
+        ident = msg.identity.decode(errors="replace") if msg.identity else ""
+        named = (self.hubs.get(str(h.get("hub"))), self._hub_of(str(h.get("worker"))))
+        for hub in (*named, self._hub_of(ident)):
+            if hub is not None and hub.cert is not None and hub.cert != self.sender:
+                raise TaskRejected(f"hub {hub.name} belongs to another certificate")
 
     def _close_sockets(self) -> None:
         for sock in self._sockets.values():
@@ -184,6 +298,8 @@ class Balancer:
                 self._loop.remove_reader(sock.getsockopt(zmq.FD))
             sock.close(linger=0)
         self._sockets.clear()
+        if self.curve is not None:
+            self.curve.stop()
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -231,6 +347,7 @@ class Balancer:
             else:
                 busy = True
         self._dispatch()
+        self.store.commit()
         self._flush()
         if busy or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._sockets.values()):
             self._schedule_pump()
@@ -248,6 +365,7 @@ class Balancer:
         except ProtocolError as exc:
             log.debug("LB - dropped a message on the %s port: %s", role, exc)
             return
+        self.sender = security.frame_user(frames[0]) if self.curve is not None else None
         try:
             handler(msg)
         except (PlbError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -255,6 +373,8 @@ class Balancer:
             self.stats.bad_messages += 1
             if "req" in msg.header and msg.identity is not None:
                 self._reply(sock, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
+        finally:
+            self.sender = None
 
     def _send(
         self,
@@ -287,7 +407,9 @@ class Balancer:
     # -- clients ----------------------------------------------------------------------------
     def _on_client_message(self, msg: Message) -> None:
         reply_to = msg.header.get("reply_to")
-        if isinstance(reply_to, str) and 0 < len(reply_to) <= MAX_ID_LENGTH:
+        if isinstance(reply_to, str) and 0 < len(reply_to) <= MAX_ID_LENGTH and (
+            self.sender is None or msg.identity in (reply_to.encode(), f"{reply_to}-tx".encode())
+        ):  # with Curve, replies go only to the sender's own (-tx) connection pair
             msg.identity = reply_to.encode()
         handler = self._client_handlers.get(msg.type)
         if handler is None:
@@ -306,12 +428,13 @@ class Balancer:
             "version": __version__,
             "max_queued_per_user": self.params["LB_QUEING_MAXPERUSER"],
             "result_retention": self.params["LB_RESULT_RETENTION"],
+            "user": self.sender,  # with Curve: the user id its certificate binds the client to
         })
         outstanding = msg.header.get("outstanding") or []
         if isinstance(outstanding, list):
             unknown = []
             for task_id in outstanding[:1_000_000]:
-                task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+                task = self._owned(task_id)
                 if task is None:
                     unknown.append(task_id)
                 else:
@@ -338,7 +461,11 @@ class Balancer:
                 raise TaskRejected("function digest does not match its buffers")
             fn_ids[fn_id] = fn_id
             if fn_id not in self.functions:
-                self.functions[fn_id] = StoredFunction(buffers, digests)
+                origin = spec.get("origin")
+                self.functions[fn_id] = StoredFunction(
+                    buffers, digests, origin=origin[:200] if isinstance(origin, str) else None
+                )
+                self.store.function(fn_id, buffers)
         accepted: list[str] = []
         rejected: dict[str, str] = {}
         warnings: dict[str, str] = {}
@@ -357,6 +484,9 @@ class Balancer:
                     rejected[task_id[:MAX_ID_LENGTH]] = str(exc)
                 continue
             if task.id in self.tasks:
+                if self.tasks[task.id].user != task.user:
+                    rejected[task.id] = "this task id is already in use; submit with a new id"
+                    continue
                 accepted.append(task.id)
                 self.tasks[task.id].client = msg.identity
                 continue
@@ -373,6 +503,7 @@ class Balancer:
                 self.functions[task.fn].refs += 1
             self.tasks[task.id] = task
             accepted.append(task.id)
+            self.store.submitted(task)
             self.stats.submitted(task, now)
             reason = self.scheduler.unschedulable_reason(task) if self.scheduler.slots else None
             if reason:
@@ -381,6 +512,7 @@ class Balancer:
                 warnings[task.id] = reason
             self._event(task)
         self._drop_unused_functions(fn_ids)
+        self.store.commit()
         self._client_reply(msg, {
             "type": "submitted", "accepted": accepted, "rejected": rejected, "warnings": warnings,
         })
@@ -392,6 +524,10 @@ class Balancer:
         user = spec.get("user")
         if not isinstance(user, str) or not 0 < len(user) <= MAX_NAME_LENGTH:
             raise TaskRejected(f"user must be a string of 1 to {MAX_NAME_LENGTH} characters")
+        if self.sender is not None and user != self.sender:
+            raise TaskRejected(
+                f"user {user!r} is not this client's: its certificate makes it {self.sender!r}"
+            )
         priority = spec.get("priority", 0)
         if not _finite(priority):
             raise TaskRejected(f"priority must be a finite number, got {priority!r}")
@@ -442,7 +578,7 @@ class Balancer:
         buffers: list[Buffer] = []
         digests: list[bytes] = []
         for task_id in ids[:10_000]:
-            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            task = self._owned(task_id)
             if task is None:
                 continue
             info = task.summary()
@@ -458,13 +594,17 @@ class Balancer:
         ids = msg.header.get("ids")
         if not isinstance(ids, list):
             raise TaskRejected("'ids' must be a list of task ids")
-        results = {str(i): self.cancel(i) for i in ids[:100_000] if isinstance(i, str)}
+        unknown = {"cancelled": False, "state": None, "from": None}
+        results = {
+            str(i): self.cancel(i) if self._owned(i) else dict(unknown)
+            for i in ids[:100_000] if isinstance(i, str)
+        }
         self._client_reply(msg, {"type": "cancelled", "results": results})
 
     def _on_ack(self, msg: Message) -> None:
         now = self.now()
         for task_id in msg.header.get("ids", [])[:100_000]:
-            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            task = self._owned(task_id)
             if task is not None and task.state.finished:
                 self._collected(task, now)
 
@@ -477,7 +617,7 @@ class Balancer:
             "type": "task_list",
             **self.list_tasks(
                 state=header.get("state"),
-                user=header.get("user"),
+                user=self.sender or header.get("user"),  # with Curve: its own tasks only
                 name=header.get("name"),
                 offset=int(header.get("offset", 0)),
                 limit=int(header.get("limit", 100)),
@@ -499,6 +639,8 @@ class Balancer:
         handler = self._worker_handlers.get(msg.type)
         if handler is None:
             raise TaskRejected(f"unknown message type {msg.type!r}")
+        if self.sender is not None:
+            self._check_hub_sender(msg)
         handler(self, msg)
 
     def _on_hub_hello(self, msg: Message) -> None:
@@ -509,7 +651,7 @@ class Balancer:
         routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
         hub = self.hubs.get(hub_id)
         if hub is None:
-            hub = self.hubs[hub_id] = Hub(hub_id, "", "", 0, routes)
+            hub = self.hubs[hub_id] = Hub(hub_id, "", "", 0, routes, cert=self.sender)
             log.info("LB - ADDING HUB (%s) from %s", hub_id, h.get("host"))
         hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
         hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
@@ -520,6 +662,8 @@ class Balancer:
         hub.cloudpickle = str(h.get("cloudpickle", ""))[:32]
         hub.last_seen = self.now()
         hub.state = "ok"
+        if h.get("state") == "draining":
+            self._drain_hub(hub)
         assert msg.identity is not None
         self._send("workers", msg.identity, {
             "type": "hub_welcome",
@@ -537,9 +681,20 @@ class Balancer:
             self._send("workers", msg.identity, {"type": "reregister", "balancer": self.id})
             return
         hub.last_seen = self.now()
+        workers = msg.header.get("workers")
+        if isinstance(workers, list):
+            hub.alive = {str(w) for w in workers[:100_000]}
         state = msg.header.get("state")
-        if state in ("ok", "unhealthy", "draining"):
+        if state == "draining":
+            self._drain_hub(hub)
+        elif state in ("ok", "unhealthy") and hub.state != "draining" and state != hub.state:
             hub.state = state
+            for worker_id in hub.workers:
+                slot = self.scheduler.slot_of(worker_id)
+                if slot is not None:
+                    slot.accepting = state == "ok"
+            if state == "unhealthy":
+                log.warning("LB - HUB UNHEALTHY (%s): its workers keep dying; it gets no new tasks", hub.name)
         self._send("workers", msg.identity, {
             "type": "heartbeat_ack",
             "balancer": self.id,
@@ -557,13 +712,16 @@ class Balancer:
             raise TaskRejected("worker priority range must be two numbers with min_p <= max_p")
         hub = self.hubs.get(hub_id)
         if hub is None:
-            hub = self.hubs[hub_id] = Hub(hub_id, hub_id, "", 0, frozenset(), last_seen=self.now())
+            hub = self.hubs[hub_id] = Hub(
+                hub_id, hub_id, "", 0, frozenset(), last_seen=self.now(), cert=self.sender
+            )
         if worker_id in self.scheduler.slots:
             return
         if sum(len(x.workers) for x in self.hubs.values()) >= self.params["LB_MAX_PEERS"]:
             raise TaskRejected("too many workers connected (LB_MAX_PEERS)")
         routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
-        self.scheduler.add_slot(worker_id, hub_id, float(min_p), float(max_p), routes)
+        slot = self.scheduler.add_slot(worker_id, hub_id, float(min_p), float(max_p), routes)
+        slot.accepting = hub.state == "ok"
         self.worker_functions[worker_id] = collections.OrderedDict()
         hub.workers[worker_id] = {
             "id": worker_id,
@@ -574,7 +732,18 @@ class Balancer:
             "done": 0,
         }
         log.info("LB - ADDING WORKER (%s)", worker_id)
+        self._reclaim(worker_id, h.get("tasks", []))
         self._recheck_unschedulable()
+
+    def _reclaim(self, worker_id: str, task_ids: list[Any]) -> None:
+        """A worker that re-announces itself after a restart still holds these tasks."""
+        for task_id in task_ids[: 1 + self.params["LB_PREFETCH"]]:
+            task = self._orphans.pop(str(task_id), None)
+            if task is not None:
+                self.scheduler.attach(worker_id, task)
+                task.worker = worker_id
+            elif str(task_id) not in self.tasks or self.tasks[str(task_id)].state.finished:
+                self._send("workers", worker_id.encode(), {"type": "skip", "id": str(task_id)})
 
     def _on_results(self, msg: Message) -> None:
         worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
@@ -654,7 +823,41 @@ class Balancer:
     def _on_worker_lost(self, msg: Message) -> None:
         worker_id = str(msg.header.get("worker"))
         reason = str(msg.header.get("reason", "the worker process died"))[:1000]
-        self._lose_worker(worker_id, reason, count_attempt=True)
+        retired = bool(msg.header.get("retired"))
+        self._lose_worker(worker_id, reason, count_attempt=not retired, retired=retired)
+
+    def _on_worker_bye(self, msg: Message) -> None:
+        """A worker retires (task quota reached, hub draining): after its last results, in order."""
+        worker_id = str(msg.header.get("worker"))
+        if msg.identity != worker_id.encode():
+            raise TaskRejected("a worker must say goodbye from its own connection")
+        reason = str(msg.header.get("reason", "it retired"))[:1000]
+        self._lose_worker(worker_id, reason, count_attempt=False, retired=True)
+
+    def _on_hub_drain(self, msg: Message) -> None:
+        """A hub is stopping: no new tasks for its workers; its prefetched tasks come back."""
+        hub = self.hubs.get(str(msg.header.get("hub")))
+        assert msg.identity is not None
+        if hub is None:
+            self._send("workers", msg.identity, {"type": "reregister", "balancer": self.id})
+            return
+        hub.last_seen = self.now()
+        self._drain_hub(hub)
+        self._send("workers", msg.identity, {"type": "drain_ack", "balancer": self.id})
+
+    def _drain_hub(self, hub: Hub) -> None:
+        if hub.state != "draining":
+            log.info("LB - HUB DRAINING (%s)", hub.name)
+        hub.state = "draining"
+        for worker_id in list(hub.workers):
+            slot = self.scheduler.slot_of(worker_id)
+            if slot is None:
+                continue
+            slot.accepting = False
+            for task in list(slot.assigned.values())[1:]:
+                # The worker hands back what it has not started ("skipped"), or runs it and reports.
+                skip = {"type": "skip", "id": task.id, "reply": True}
+                self._send("workers", worker_id.encode(), skip)
 
     def _on_hub_bye(self, msg: Message) -> None:
         hub = self.hubs.pop(str(msg.header.get("hub")), None)
@@ -681,6 +884,8 @@ class Balancer:
         "worker_lost": _on_worker_lost,
         "hub_bye": _on_hub_bye,
         "skipped": _on_skipped,
+        "worker_bye": _on_worker_bye,
+        "hub_drain": _on_hub_drain,
     }
 
     def _hub_of(self, worker_id: str) -> Hub | None:
@@ -689,8 +894,13 @@ class Balancer:
             return self.hubs.get(slot.group)
         return next((h for h in self.hubs.values() if worker_id in h.workers), None)
 
-    def _lose_worker(self, worker_id: str, reason: str, *, count_attempt: bool) -> None:
-        """A worker is gone: its running task is retried or fails, its prefetched ones requeue."""
+    def _lose_worker(
+        self, worker_id: str, reason: str, *, count_attempt: bool, retired: bool = False
+    ) -> None:
+        """A worker is gone: its running task is retried or fails, its prefetched ones requeue.
+
+        ``retired``: it left cleanly (recycled, drained); its tasks requeue, nothing is "lost".
+        """
         hub = self._hub_of(worker_id)
         if hub is not None:
             hub.workers.pop(worker_id, None)
@@ -699,7 +909,10 @@ class Balancer:
         tasks = self.scheduler.remove_slot(worker_id)
         for task in tasks:
             self._stealing.pop(task.id, None)
-        if tasks or hub is not None:
+        if retired:
+            if hub is not None:
+                log.info("LB - WORKER LEFT (%s): %s", worker_id, reason)
+        elif tasks or hub is not None:
             log.warning("LB - WORKER LOST (%s): %s", worker_id, reason)
         now = self.now()
         for index, task in enumerate(tasks):
@@ -719,6 +932,7 @@ class Balancer:
         task.started = None
         task.progress = 0
         self.scheduler.requeue(task)
+        self.store.state(task)
         self._event(task)
 
     def kill_worker(self, worker_id: str, reason: str) -> None:
@@ -792,6 +1006,7 @@ class Balancer:
             if len(slot.assigned) == 1:
                 task.started = now
             by_slot.setdefault(slot.id, (slot, []))[1].append(task)
+            self.store.state(task)
             self.stats.dispatched(task, now)
             self._event(task)
         for slot_id, (_slot, tasks) in by_slot.items():
@@ -829,6 +1044,8 @@ class Balancer:
                 else:
                     stored = self.functions[task.fn]
                     spec["fnbuf"] = len(stored.buffers)
+                    if stored.origin:
+                        spec["origin"] = stored.origin
                     buffers.extend(stored.buffers)
                     digests.extend(stored.digests)
                     cache[task.fn] = None
@@ -859,6 +1076,8 @@ class Balancer:
         self._result_bytes += task.result_size
         self._release_payload(task)
         self._unschedulable.pop(task.id, None)
+        self._orphans.pop(task.id, None)
+        self.store.finished(task)
         self.stats.finished(task, now)
         self._finished.append((now, task.id))
         self._queue_result(task)
@@ -913,10 +1132,12 @@ class Balancer:
     def _collected(self, task: Task, now: float) -> None:
         if task.collected is None:
             task.collected = now
+            self.store.collected(task)
             self._retention.append((now + self.params["LB_RESULT_RETENTION"], task.id))
 
     def _forget(self, task: Task) -> None:
         self.tasks.pop(task.id, None)
+        self.store.forget(task.id)
         self._result_bytes -= task.result_size
         task.result_buffers = []
         task.result_digests = []
@@ -983,13 +1204,29 @@ class Balancer:
             self._check_timeouts(now)
             self._expire(now)
             self.stats.roll(now, self.scheduler.queued_count)
+            self._requeue_orphans(now)
             self._dispatch()
+            self.store.commit()
             self._flush()
         except Exception:
             log.exception("LB - periodic check failed")
         finally:
             if self._loop is not None and self._sockets:
                 self._timer = self._loop.call_later(self._tick_interval, self._tick)
+
+    def _requeue_orphans(self, now: float) -> None:
+        """Tasks running before a restart whose worker did not come back: their run was lost."""
+        if not self._orphans or now < self._orphans_deadline:
+            return
+        alive = {w for hub in self.hubs.values() if hub.state != "lost" for w in hub.alive}
+        lost = {tid: t for tid, t in self._orphans.items() if t.worker not in alive}
+        if not lost:
+            return
+        for task_id in lost:
+            del self._orphans[task_id]
+        log.warning("LB - %d task(s) running before the restart were not reclaimed; queued again", len(lost))
+        for task in lost.values():
+            self._requeue(task)
 
     def _check_hubs(self, now: float) -> None:
         limit = 3 * self.params["LB_HEARTBEAT_INTERVAL"]
@@ -1070,7 +1307,8 @@ class Balancer:
             hubs.append({
                 "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
                 "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
-                "local": hub.local, "python": hub.python, "workers": workers,
+                "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
+                "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
         for task in self.scheduler.queued_tasks()[:100_000]:

@@ -23,6 +23,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     from .launch import startAll
 
     params = _parameters(args)
+    addresses = {"LB_BIND_IP": args.bind, "LB_IP": args.advertise}
+    if any(addresses.values()):
+        params = parameters.validate(
+            {**params, **{k: v for k, v in addresses.items() if v}}, "plb start"
+        )
     cluster = startAll(params, monitor=not args.no_monitor, connection_file=args.connection_file)
     print(f"balancer {cluster.balancer.id} running; connection file: {cluster.connection_file}")
     print(f"start hubs elsewhere with: plb hub --connect {cluster.connection_file}")
@@ -36,7 +41,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
-    from .hub import WorkerHub, load_tasks
+    from .hub import WorkerHub, load_tasks, parse_size
 
     params = _parameters(args)
     hub = WorkerHub(
@@ -45,6 +50,10 @@ def cmd_hub(args: argparse.Namespace) -> int:
         workers=args.workers,
         name=args.name,
         local=args.local,
+        max_tasks_per_worker=args.max_tasks_per_worker,
+        memory_limit=parse_size(args.memory_limit) if args.memory_limit else 0,
+        grace=args.grace,
+        exit_with_stdin=args.exit_with_stdin,
     )
     for spec in args.tasks:
         for name, fn in load_tasks(spec).items():
@@ -111,6 +120,138 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_path(args: argparse.Namespace) -> Path:
+    from .connection import resolve_path
+
+    return Path(args.connect) if args.connect else resolve_path(parameters.load())
+
+
+def _hub_options(args: argparse.Namespace) -> Any:
+    from .launchers import HubOptions
+
+    return HubOptions(
+        workers=getattr(args, "workers", None), tasks=args.tasks, grace=args.grace,
+        memory_limit=args.memory_limit, max_tasks_per_worker=args.max_tasks_per_worker,
+    )
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    """Start a hub on each host over ssh; stream their output; Ctrl-C drains and stops them."""
+    import signal
+
+    from .launchers import SSHLauncher
+
+    ssh_options = [part for option in args.ssh_option for part in ("-o", option)]
+    if args.ssh_config:
+        ssh_options += ["-F", args.ssh_config]
+    launcher = SSHLauncher(
+        args.hosts, _connection_path(args), _hub_options(args),
+        ssh_options=ssh_options, remote_command=args.remote_command,
+    )
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    failures = 0
+    try:
+        launcher.start()
+        if args.register_timeout > 0:
+            try:
+                launcher.wait_registered(args.register_timeout)
+            except PlbError as exc:
+                print(f"plb ssh: cannot ask the balancer which hubs registered: {exc}", file=sys.stderr)
+        failures = launcher.wait()
+    except KeyboardInterrupt:
+        print("plb ssh: stopping the hubs: running tasks finish first (Ctrl-C again to cut them)",
+              flush=True)
+        try:
+            launcher.stop()
+        except KeyboardInterrupt:
+            launcher.stop(timeout=0)
+    finally:
+        launcher.stop(timeout=0)
+    return 1 if failures else 0
+
+
+def _batch_job(args: argparse.Namespace) -> Any:
+    from .launchers import BatchJob
+
+    return BatchJob(
+        connection_file=_connection_path(args), nodes=args.nodes,
+        workers_per_node=args.workers_per_node, time=args.time, queue=args.queue,
+        account=args.account, job_name=args.job_name, plb_command=args.plb_command,
+        options=_hub_options(args), directives=args.directive,
+    )
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from .launchers import slurm_script, submit_slurm
+
+    job = _batch_job(args)
+    if args.dry_run:
+        print(slurm_script(job), end="")
+        return 0
+    job_id = submit_slurm(job)
+    print(f"submitted Slurm job {job_id}: {job.nodes} hub(s) of {job.workers_per_node} worker(s); "
+          f"`scancel {job_id}` drains and stops them")
+    return 0
+
+
+def cmd_pbs(args: argparse.Namespace) -> int:
+    from .launchers import pbs_script, submit_pbs
+
+    job = _batch_job(args)
+    if args.dry_run:
+        print(pbs_script(job, args.flavor), end="")
+        return 0
+    job_id = submit_pbs(job, args.flavor)
+    print(f"submitted PBS job {job_id}: {job.nodes} hub(s) of {job.workers_per_node} worker(s); "
+          f"`qdel {job_id}` drains and stops them")
+    return 0
+
+
+def _add_remote_hub_options(p: argparse.ArgumentParser) -> None:
+    """The ``plb hub`` options a launcher passes on to the hubs it starts."""
+    p.add_argument("--connect", "-c",
+                   help="the balancer's plb-connection.json (default: $PLB_CONNECTION_FILE or "
+                        "the Jupyter runtime dir)")
+    p.add_argument("--tasks", "-t", action="append", default=[], metavar="MODULE:ATTR",
+                   help="named tasks the hubs offer (importable on the remote side)")
+    p.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                   help="seconds running tasks get when a hub is stopped (default 30)")
+    p.add_argument("--memory-limit", metavar="SIZE", help="address space per worker, e.g. 2G")
+    p.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
+                   help="replace a worker after N tasks")
+
+
+def _add_batch_options(p: argparse.ArgumentParser, queue_flag: str, time_flag: str) -> None:
+    _add_remote_hub_options(p)
+    p.add_argument("--nodes", type=int, default=1, help="nodes, one hub on each (default 1)")
+    p.add_argument("--workers-per-node", type=int, default=1, metavar="N",
+                   help="workers per hub (default 1)")
+    p.add_argument(time_flag, "--time", dest="time", metavar="HH:MM:SS", help="time limit")
+    p.add_argument(queue_flag, dest="queue", help="queue (partition) to submit to")
+    p.add_argument("--account", help="account to charge")
+    p.add_argument("--job-name", default="plb-hubs", help="job name (default plb-hubs)")
+    p.add_argument("--plb-command", default="plb",
+                   help="how the nodes run plb, e.g. ~/venv/bin/plb (default plb)")
+    p.add_argument("--directive", action="append", default=[], metavar="TEXT",
+                   help="an extra scheduler directive line, e.g. --directive=--qos=long")
+    p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """CurveZMQ certificates: the balancer's, this machine's client and hub, and named ones."""
+    from .security import keygen, resolve_dir
+
+    params = _parameters(args)
+    directory = Path(args.dir).expanduser() if args.dir else resolve_dir(params)
+    report = keygen(directory, clients=args.client, hubs=args.hub, user=args.user, force=args.force)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plb", description="jupyter_plb: a load balancer for Python tasks.")
     parser.add_argument("--version", action="version", version=f"jupyter_plb {__version__}")
@@ -122,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--connection-file", help="where to write plb-connection.json")
     start.add_argument("--no-monitor", action="store_true", help="do not serve the monitor page")
     start.add_argument("--workers", type=int, default=0, help="also start a local hub with N workers")
+    start.add_argument("--bind", metavar="ADDRESS",
+                       help="interface the balancer listens on, e.g. 0.0.0.0 (LB_BIND_IP; "
+                            "default: the advertised address)")
+    start.add_argument("--advertise", metavar="HOST",
+                       help="address hubs and clients on other machines use to reach the balancer, "
+                            "written to the connection file (LB_IP)")
     start.set_defaults(func=cmd_start)
 
     hub = sub.add_parser("hub", help="run a worker hub (on this or another machine)")
@@ -131,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--tasks", "-t", action="append", default=[], metavar="MODULE:ATTR",
                      help="named tasks to offer: a dict name -> function, or a function")
     hub.add_argument("--name", help="hub name shown in the monitor (default host:pid)")
+    hub.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
+                     help="replace a worker by a fresh one after N tasks (default: never)")
+    hub.add_argument("--memory-limit", metavar="SIZE",
+                     help="address space per worker, e.g. 2G; a task over it fails with MemoryError")
+    hub.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                     help="on SIGTERM or Ctrl-C, running tasks get this long to finish before they "
+                          "are handed back (default 30; a second signal stops at once)")
+    hub.add_argument("--exit-with-stdin", action="store_true",
+                     help="drain and exit when standard input closes (used by plb ssh)")
     hub.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     hub.set_defaults(func=cmd_hub)
 
@@ -146,6 +302,43 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--connect", "-c", help="plb-connection.json (default: $PLB_CONNECTION_FILE or the runtime dir)")
     status.add_argument("--json", action="store_true", help="print the raw snapshot")
     status.set_defaults(func=cmd_status)
+
+    ssh = sub.add_parser("ssh", help="start hubs on other machines over ssh (Ctrl-C stops them)")
+    ssh.add_argument("hosts", nargs="+", metavar="HOST", help="[user@]host, one hub on each")
+    ssh.add_argument("--workers", "-n", type=int, help="workers per hub (default: WKHUB_WORKERS there)")
+    _add_remote_hub_options(ssh)
+    ssh.add_argument("--ssh-option", "-o", action="append", default=[], metavar="OPTION",
+                     help="an ssh -o option for ssh and scp, e.g. -o Port=2222 (repeatable)")
+    ssh.add_argument("--ssh-config", "-F", metavar="FILE", help="ssh configuration file")
+    ssh.add_argument("--remote-command", default="plb",
+                     help="how the hosts run plb, e.g. ~/venv/bin/plb (default plb)")
+    ssh.add_argument("--register-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="warn about hubs not registered by then (0: do not check)")
+    ssh.set_defaults(func=cmd_ssh)
+
+    slurm = sub.add_parser("slurm", help="submit a Slurm job of hubs (--dry-run prints it)")
+    _add_batch_options(slurm, "--partition", "--time-limit")
+    slurm.set_defaults(func=cmd_slurm)
+
+    pbs = sub.add_parser("pbs", help="submit a PBS job of hubs (--dry-run prints it)")
+    _add_batch_options(pbs, "--queue", "--walltime")
+    pbs.add_argument("--flavor", choices=("pro", "torque"), default="pro",
+                     help="PBS Pro / OpenPBS (select=, pbs_tmrsh) or Torque (nodes=, pbsdsh)")
+    pbs.set_defaults(func=cmd_pbs)
+
+    keys = sub.add_parser("keygen", help="make CurveZMQ certificates (server, clients, hubs)")
+    keys.add_argument("--parameters", "-p", help="parameters.json (its LB_SECURITY_DIR)")
+    keys.add_argument("--dir", help="security directory (default: LB_SECURITY_DIR, "
+                                    "$PLB_SECURITY_DIR or the Jupyter data dir's plb_security)")
+    keys.add_argument("--client", action="append", default=[], metavar="USER",
+                      help="also make a certificate for client USER (its fairness user id)")
+    keys.add_argument("--hub", action="append", default=[], metavar="NAME",
+                      help="also make a certificate for a hub on another machine")
+    keys.add_argument("--user", help="user id of this machine's client certificate (default: "
+                                     "$PLB_USER, $JUPYTERHUB_USER or the login name)")
+    keys.add_argument("--force", action="store_true",
+                      help="replace existing certificates (the old keys stop working)")
+    keys.set_defaults(func=cmd_keygen)
     return parser
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from . import connection, parameters, protocol, sockets
+from . import connection, parameters, protocol, security, sockets
 from .errors import (
     BalancerUnreachable,
     DeserializationError,
@@ -39,6 +39,7 @@ from .errors import (
     WorkerLost,
 )
 from .protocol import Buffer, Message, Session
+from .worker import VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,17 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Received results are acknowledged in batches of this many, or after this delay.
 ACK_BATCH = 1000
 ACK_DELAY_MS = 200
+#: While tasks are outstanding and the balancer has been silent this long, say hello again
+#: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
+PING_MS = 1000
 
 
 def default_user() -> str:
-    """The fairness bucket when none is given: ``$PLB_USER``, else the login name."""
-    if os.environ.get("PLB_USER"):
-        return os.environ["PLB_USER"]
+    """The fairness bucket when none is given: ``$PLB_USER``, else the JupyterHub user, else the
+    login name. (With CurveZMQ the balancer binds a client to its certificate's user instead.)"""
+    for variable in ("PLB_USER", "JUPYTERHUB_USER"):
+        if os.environ.get(variable):
+            return os.environ[variable]
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -150,6 +156,8 @@ class _Connection:
         self.params = params
         self.session = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
         self.receiver = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
+        self.curve = security.peer_keys(info, params, "clients")  # None: the balancer has no Curve
+        self.bound_user: str | None = None
         self.id = protocol.new_id("client")
         self.context = zmq.Context()
         self.futures: dict[str, PlbFuture] = {}
@@ -161,6 +169,8 @@ class _Connection:
         self.result_retention = 60.0
         self.closed = False
         self._acks: list[str] = []
+        self.unacked: dict[str, tuple[dict[str, Any], list[Buffer]]] = {}
+        self._last_heard = time.monotonic()
         self._lock = threading.Lock()
         self._req_counter = itertools.count(1)
         self.socket = self._dealer(self.id)
@@ -173,7 +183,8 @@ class _Connection:
         self._thread.start()
 
     def _dealer(self, identity: str) -> zmq.Socket:
-        return sockets.connect_dealer(self.context, self.info.client_url, identity)
+        url = self.info.client_url
+        return sockets.connect_dealer(self.context, url, identity, curve=self.curve)
 
     # -- sending -------------------------------------------------------------------------------
     def send(self, header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> None:
@@ -188,9 +199,12 @@ class _Connection:
         with self._lock:
             protocol.send(self._tx, self.session.serialize(header, buffers))
 
+    def next_request_id(self) -> str:
+        return f"r{next(self._req_counter)}"
+
     def request(self, header: dict[str, Any], buffers: Sequence[Buffer] = (), timeout: float | None = None) -> Message:
         """Send and wait for the reply naming the same request id."""
-        req = f"r{next(self._req_counter)}"
+        req = self.next_request_id()
         header["req"] = req
         reply: concurrent.futures.Future[Message] = concurrent.futures.Future()
         self.requests[req] = reply
@@ -199,9 +213,12 @@ class _Connection:
         try:
             msg = reply.result(wait)
         except concurrent.futures.TimeoutError:
+            url = self.info.client_url
+            problem = security.diagnose(url, self.curve, 1.0) if self.curve else None
             raise BalancerUnreachable(
-                f"the balancer at {self.info.client_url} did not answer {header['type']!r} within "
-                f"{wait:g} s; is it running (`plb start`, or JupyterLab with jupyter_plb)?"
+                problem
+                or f"the balancer at {url} did not answer {header['type']!r} within {wait:g} s; "
+                "is it running (`plb start`, or JupyterLab with jupyter_plb)?"
             ) from None
         finally:
             self.requests.pop(req, None)
@@ -216,6 +233,8 @@ class _Connection:
     def hello(self, timeout: float) -> None:
         msg = self.request({"type": "hello", "outstanding": list(self.futures)}, timeout=timeout)
         self.balancer_id = msg.header.get("balancer")
+        user = msg.header.get("user")
+        self.bound_user = user if isinstance(user, str) and user else None
         self.max_queued_per_user = int(msg.header.get("max_queued_per_user") or 0)
         retention = msg.header.get("result_retention")
         if isinstance(retention, int | float) and retention >= 0:
@@ -232,9 +251,10 @@ class _Connection:
         poller.register(self._wake_pull, zmq.POLLIN)
         try:
             while not self.closed:
-                events = dict(poller.poll(ACK_DELAY_MS if self._acks else None))
+                events = dict(poller.poll(self._poll_timeout()))
                 if not events:
                     self._send_acks()
+                    self._ping()
                 if self._wake_pull in events:
                     self._send_acks()
                     self.closed = True
@@ -248,6 +268,22 @@ class _Connection:
         finally:
             self._fail_all(PlbError("the client was closed before the task finished"))
 
+    def _poll_timeout(self) -> int | None:
+        if self._acks:
+            return ACK_DELAY_MS
+        return PING_MS if self.futures or self.unacked else None
+
+    def _ping(self) -> None:
+        """Outstanding work and a silent balancer: say hello (it may have restarted)."""
+        if (self.futures or self.unacked) and time.monotonic() - self._last_heard > PING_MS / 1000:
+            self.send({"type": "hello", "outstanding": list(self.futures)[:100_000]})
+
+    def _resend_unacked(self) -> None:
+        if self.unacked:
+            log.info("plb: the balancer restarted; resending %d unacknowledged submission(s)", len(self.unacked))
+        for req, (header, buffers) in list(self.unacked.items()):
+            self.send({**header, "req": req}, buffers)
+
     def _receive(self) -> None:
         while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = protocol.recv_ready(self.socket)
@@ -258,6 +294,7 @@ class _Connection:
             except protocol.ProtocolError as exc:
                 log.warning("plb client dropped a message: %s", exc)
                 continue
+            self._last_heard = time.monotonic()
             self._handle(msg, self._acks)
         if len(self._acks) >= ACK_BATCH:
             self._send_acks()
@@ -277,6 +314,11 @@ class _Connection:
             return
         if msg.type == "results":
             self._on_results(msg, acks)
+        elif msg.type == "welcome":
+            balancer = msg.header.get("balancer")
+            if balancer != self.balancer_id:
+                self.balancer_id = balancer
+                self._resend_unacked()
         elif msg.type == "submitted":
             self._on_submitted(msg)
         elif msg.type == "progress":
@@ -291,12 +333,16 @@ class _Connection:
                 fut.warning = reason
             log.warning("plb task %s cannot run yet: %s", msg.header.get("id"), reason)
         elif msg.type == "unknown":
+            resending = {spec.get("id") for header, _ in self.unacked.values() for spec in header["tasks"]}
             for task_id in msg.header.get("ids", []):
+                if task_id in resending:
+                    continue
                 fut = self.futures.pop(task_id, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(UnknownTask(f"the balancer lost task {task_id}"))
 
     def _on_submitted(self, msg: Message) -> None:
+        self.unacked.pop(msg.header.get("req"), None)
         for task_id, reason in msg.header.get("rejected", {}).items():
             fut = self.futures.pop(task_id, None)
             if fut is not None and not fut.done():
@@ -648,10 +694,13 @@ class _Submitter:
             conn.futures[spec["id"]] = fut
         header = {
             "type": "submit",
-            "fns": [{"fn": fn_id, "nbuf": len(fn_buffers)}],
+            "fns": [{"fn": fn_id, "nbuf": len(fn_buffers), "origin": VERSIONS}],
             "tasks": [spec for spec, _, _ in tasks],
         }
-        conn.send(header, [*fn_buffers, *(b for _, bufs, _ in tasks for b in bufs)])
+        buffers = [*fn_buffers, *(b for _, bufs, _ in tasks for b in bufs)]
+        req = conn.next_request_id()
+        conn.unacked[req] = (header, buffers)
+        conn.send({**header, "req": req}, buffers)
 
     # -- information ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -717,6 +766,8 @@ class Client(_Submitter):
         except BaseException:
             self._connection.close()
             raise
+        if user is None and self._connection.bound_user:
+            self._defaults["user"] = self._connection.bound_user  # the certificate's user (Curve)
         weakref.finalize(self, self._connection.close)
 
     @property

@@ -1,7 +1,9 @@
 """The connection file: address, ports and key a hub or a client needs to reach the balancer.
 
 It is worth as much as an SSH private key (whoever holds it can run code on the workers), so it is
-written with mode 0600 and refused when other users can read it.
+written with mode 0600 and refused when other users can read it. With CurveZMQ it also carries the
+balancer's public key (``curve_serverkey``), and ``security_dir`` tells peers on the balancer's
+machine where their certificates are (see ``security.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConnectionFileError
+from .errors import ConnectionFileError, PlbError
 from .parameters import Parameters
 
 ENV_VAR = "PLB_CONNECTION_FILE"
@@ -32,6 +34,10 @@ class ConnectionInfo:
     key: str = field(repr=False)
     balancer_id: str = ""
     transport: str = "tcp"
+    #: The balancer's CurveZMQ public key (z85); empty when it does not use Curve.
+    curve_serverkey: str = ""
+    #: The balancer's security directory: where peers on its machine find their certificates.
+    security_dir: str = ""
 
     def url(self, port: int) -> str:
         return f"{self.transport}://{self.address}:{port}"
@@ -67,6 +73,9 @@ class ConnectionInfo:
                 raise ConnectionFileError(f"{origin}: {port} must be a port number")
         if not isinstance(known["key"], str) or len(known["key"]) < 16:
             raise ConnectionFileError(f"{origin}: key must be a string of at least 16 characters")
+        server_key = known.get("curve_serverkey", "")
+        if server_key and (not isinstance(server_key, str) or len(server_key) != 40):
+            raise ConnectionFileError(f"{origin}: curve_serverkey must be a 40-character z85 key")
         return cls(**known)
 
 
@@ -78,7 +87,7 @@ def default_path() -> Path:
 
 
 def resolve_path(params: Parameters | None = None) -> Path:
-    """The connection file named by the parameters, else ``$PLB_CONNECTION_FILE``, else the default."""
+    """The connection file the parameters name, else ``$PLB_CONNECTION_FILE``, else the default."""
     if params and params.get("LB_CONNECTION_FILE"):
         return Path(params["LB_CONNECTION_FILE"]).expanduser()
     if os.environ.get(ENV_VAR):
@@ -90,11 +99,11 @@ def new_key() -> str:
     return secrets.token_hex(32)
 
 
-def check_private(path: Path) -> None:
+def check_private(path: Path, error: type[PlbError] = ConnectionFileError) -> None:
     """Refuse a file that users other than its owner can read or write."""
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConnectionFileError(
+        raise error(
             f"{path}: other users can read this key file (mode {stat.S_IMODE(mode):o}); "
             f"run `chmod 600 {path}` and try again"
         )
@@ -140,7 +149,8 @@ def existing_key(path: Path) -> str | None:
 
 
 def from_parameters(params: Parameters, path: Path | None = None) -> ConnectionInfo:
-    """Connection info for a peer configured by ``params``: the seed's address and ports, the file's key.
+    """Connection info for a peer configured by ``params``: the seed's address and ports, the
+    file's keys.
 
     A port given as 0 in the parameters (any free port) is taken from the connection file, where
     the balancer wrote the port it bound.
@@ -153,4 +163,6 @@ def from_parameters(params: Parameters, path: Path | None = None) -> ConnectionI
         health_port=params["LB_HCREPPORT"] or info.health_port,
         key=info.key,
         balancer_id=info.balancer_id,
+        curve_serverkey=info.curve_serverkey,
+        security_dir=info.security_dir,
     )

@@ -68,7 +68,7 @@ def _output_html(fut: Any) -> str:
 
 
 def future_html(fut: Any) -> str:
-    """A status card: state, task, hub/worker, elapsed, progress, output; failed → remote traceback."""
+    """A status card: state, task, hub/worker, elapsed, progress, output; failed: traceback."""
     state = str(fut.state)
     colour = STATE_COLOURS.get(state, "#555")
     parts = [
@@ -113,13 +113,15 @@ def print_output(fut: Any, header: bool = False) -> None:
 
 
 def print_outputs(futures: Iterable[Any], limit: int = OUTPUT_PRINT_LIMIT) -> None:
-    """:func:`print_output` for a batch, in order, with a header per task; stop after ``limit`` lines."""
+    """:func:`print_output` for a batch, in order, a header per task; stop after ``limit`` lines."""
     printed = 0
     with_output = [f for f in futures if f.done() and (f.stdout or f.stderr)]
     for index, fut in enumerate(with_output):
         if printed >= limit:
-            print(f"... output of {len(with_output) - index} more task(s) not shown; "
-                  "see their futures' .stdout/.stderr")
+            print(
+                f"... output of {len(with_output) - index} more task(s) not shown; "
+                "see their futures' .stdout/.stderr"
+            )
             return
         print_output(fut, header=len(with_output) > 1)
         printed += fut.stdout.count("\n") + fut.stderr.count("\n") + 1
@@ -179,7 +181,9 @@ class BatchCounter:
         """Counts, rate and ETA; ``running`` are task ids the balancer says are running."""
         with self.changed:
             pending = list(self._pending)
-        busy = sum(1 for f in pending if f.state == "running" or getattr(f, "task_id", None) in running)
+        busy = sum(
+            1 for f in pending if f.state == "running" or getattr(f, "task_id", None) in running
+        )
         elapsed = time.monotonic() - self.started
         rate = self.finished / elapsed if elapsed > 0 else 0.0
         left = max(0, self.total - self.finished)
@@ -196,13 +200,13 @@ class BatchCounter:
         }
 
     def wait(self, timeout: float | None) -> bool:
-        """Wait until every future has settled (or :meth:`close`, or ``timeout``); True if all settled."""
+        """Wait until all futures settled (or :meth:`close`, or ``timeout``); True if they did."""
         with self.changed:
             self.changed.wait_for(lambda: self.closed or self.finished >= self.total, timeout)
             return self.finished >= self.total
 
     def close(self) -> None:
-        """Wake the waiters for good (the batch will not complete: interrupted, failed to submit)."""
+        """Wake the waiters for good (the batch will not complete: interrupted, not submitted)."""
         with self.changed:
             self.closed = True
             self.changed.notify_all()
@@ -217,7 +221,8 @@ def progress_text(counts: dict[str, float], label: str = "", width: int = 30) ->
     eta_text = _duration(eta) if eta == eta else "?"
     return (
         f"{label} [{bar}] {int(finished)}/{int(counts['total'])} done {int(counts['done'])} "
-        f"failed {int(counts['failed'])} running {int(counts['running'])} queued {int(counts['queued'])} "
+        f"failed {int(counts['failed'])} running {int(counts['running'])} "
+        f"queued {int(counts['queued'])} "
         f"{counts['rate']:.0f}/s eta {eta_text}"
     ).strip()
 
@@ -229,7 +234,7 @@ class ProgressView(Protocol):
 
 
 class ProgressLine:
-    """A text progress bar for a batch (futures or a :class:`BatchCounter`), ``refresh`` times a second."""
+    """A text progress bar for a batch (futures or a :class:`BatchCounter`), ``refresh`` times/s."""
 
     def __init__(
         self,
@@ -243,7 +248,9 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.interval = 1.0 / refresh
 
-    def show(self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False) -> None:
+    def show(
+        self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False
+    ) -> None:
         self.stream.write("\r" + progress_text(counts, self.label) + ("\n" if final else ""))
         self.stream.flush()
 
@@ -334,7 +341,7 @@ def priority_range(worker: dict[str, Any]) -> str:
         return "?"
     if lo <= -1e9 and hi >= 1e9:
         return "any"
-    return f"{lo:g}–{hi:g}"
+    return f"{lo:g}-{hi:g}"
 
 
 def _worker_task(worker: dict[str, Any]) -> str:
@@ -348,11 +355,18 @@ def _hub_rows(hubs: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for hub in hubs:
         for worker in hub.get("workers", []) or [{}]:
-            rows.append([
-                hub.get("name", ""), hub.get("host", ""), hub.get("state", ""),
-                worker.get("id", "-"), worker.get("state", ""), priority_range(worker) if worker else "",
-                worker.get("done", ""), _worker_task(worker),
-            ])
+            rows.append(
+                [
+                    hub.get("name", ""),
+                    hub.get("host", ""),
+                    hub.get("state", ""),
+                    worker.get("id", "-"),
+                    worker.get("state", ""),
+                    priority_range(worker) if worker else "",
+                    worker.get("done", ""),
+                    _worker_task(worker),
+                ]
+            )
     return rows
 
 
@@ -365,12 +379,16 @@ def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
     for hub in hubs:
         workers = hub.get("workers", [])
         busy = sum(w.get("state") == "busy" for w in workers)
-        lines.append(f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: "
-                     f"{len(workers)} workers, {busy} busy")
+        lines.append(
+            f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: "
+            f"{len(workers)} workers, {busy} busy"
+        )
         for worker in workers:
             current = _worker_task(worker)
-            lines.append(f"  {worker.get('id')} {worker.get('state')} priorities {priority_range(worker)}"
-                         f" done {worker.get('done', 0)}" + (f" running {current}" if current else ""))
+            lines.append(
+                f"  {worker.get('id')} {worker.get('state')} priorities {priority_range(worker)}"
+                f" done {worker.get('done', 0)}" + (f" running {current}" if current else "")
+            )
     text = "\n".join(lines) or "no hubs connected"
     body = _table(HUB_HEADERS, _hub_rows(hubs)) if hubs else "<i>no hubs connected</i>"
     return Report(list(hubs), text, f"<div class='plb-hubs'>{body}</div>")
@@ -384,32 +402,59 @@ def status_report(snapshot: dict[str, Any]) -> Report:
     users = snapshot.get("users", [])
     failures = snapshot.get("recent_failures", [])
     waiting = snapshot.get("unschedulable", [])
-    head = (f"balancer {balancer.get('id')} up {balancer.get('uptime', 0):.0f} s, "
-            f"health {health.get('status')}, {rates.get('done_per_s', 0):.0f} tasks/s")
+    head = (
+        f"balancer {balancer.get('id')} up {balancer.get('uptime', 0):.0f} s, "
+        f"health {health.get('status')}, {rates.get('done_per_s', 0):.0f} tasks/s"
+    )
     counts = ", ".join(f"{k} {v}" for k, v in totals.items())
     lines = [head, "  " + counts, *("  " + m for m in health.get("messages", []))]
-    lines += [f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, "
-              f"failed {u['failed']}" for u in users]
-    lines += [f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}"
-              for f in failures[-5:]]
-    lines += [f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: "
-              f"{u.get('reason')}" for u in waiting[:5]]
+    lines += [
+        f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, "
+        f"failed {u['failed']}"
+        for u in users
+    ]
+    lines += [
+        f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}"
+        for f in failures[-5:]
+    ]
+    lines += [
+        f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: "
+        f"{u.get('reason')}"
+        for u in waiting[:5]
+    ]
     hubs = hubs_report(snapshot.get("hubs", []))
     text = "\n".join([*lines, hubs.text])
-    user_rows = [[u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)]
-                 for u in users]
+    user_rows = [
+        [u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)]
+        for u in users
+    ]
     parts = [
         f"<div><b>{esc(head)}</b></div>",
         f"<div>{esc(counts)}</div>",
         *(f"<div style='color:#b36b00'>{esc(m)}</div>" for m in health.get("messages", [])),
-        _table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows) if users else "",
+        _table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows)
+        if users
+        else "",
         hubs.html,
     ]
     if failures:
-        parts.append(_table(("failed task", "name", "user", "error"),
-                            [[f.get("id"), f.get("name"), f.get("user"), f.get("error")] for f in failures[-5:]]))
+        parts.append(
+            _table(
+                ("failed task", "name", "user", "error"),
+                [
+                    [f.get("id"), f.get("name"), f.get("user"), f.get("error")]
+                    for f in failures[-5:]
+                ],
+            )
+        )
     if waiting:
-        parts.append(_table(("waiting task", "name", "user", "priority", "why"),
-                            [[u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")]
-                             for u in waiting[:5]]))
+        parts.append(
+            _table(
+                ("waiting task", "name", "user", "priority", "why"),
+                [
+                    [u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")]
+                    for u in waiting[:5]
+                ],
+            )
+        )
     return Report(snapshot, text, "<div class='plb-status'>" + "".join(parts) + "</div>")

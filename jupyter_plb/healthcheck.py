@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from . import connection, parameters, protocol, sockets
+from . import connection, parameters, protocol, security, sockets
 from .protocol import Session
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class HealthCheck:
     async def run(self) -> None:
         path = self._connection_file or connection.resolve_path(self.params)
         info = connection.read(path)
+        curve = security.peer_keys(info, self.params, "health")  # the balancer's own certificate
         session = Session(info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
         context = zmq.asyncio.Context()
         interval = self.params["HC_INTERVAL"]
@@ -94,7 +95,9 @@ class HealthCheck:
         try:
             while True:
                 if sock is None:
-                    sock = sockets.connect_dealer(context, info.health_url, protocol.new_id("hc"), linger_ms=0)
+                    sock = sockets.connect_dealer(
+                        context, info.health_url, protocol.new_id("hc"), linger_ms=0, curve=curve
+                    )
                 counter += 1
                 req = f"hc{counter}"
                 await sock.send_multipart(session.serialize({"type": "health", "req": req}))

@@ -26,11 +26,11 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from . import connection, parameters, protocol, sockets
+from . import connection, parameters, protocol, security, sockets
 from .connection import ConnectionInfo
 from .errors import PlbError
 from .protocol import Message, Session
-from .worker import WorkerConfig
+from .worker import EXIT_RETIRED, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,19 @@ ANY_PRIORITY = (-1e9, 1e9)
 CRASH_LIMIT = 5
 CRASH_WINDOW = 30.0
 MAX_RESPAWN_DELAY = 30.0
+#: The balancer is "silent" after this many heartbeat intervals without an answer.
+SILENT_AFTER = 3
+#: While the balancer is silent, heartbeats back off (doubling) up to this many seconds.
+MAX_RETRY_INTERVAL = 10.0
+#: Seconds a stopping hub gives running tasks to finish (``plb hub --grace``).
+DEFAULT_GRACE = 30.0
 
 _WORKER_COMMAND = "from jupyter_plb.worker import run_from_stdin; run_from_stdin()"
 
 
-def groups_for(workers: int | list[dict[str, Any]] | None, params: parameters.Parameters) -> list[dict[str, Any]]:
+def groups_for(
+    workers: int | list[dict[str, Any]] | None, params: parameters.Parameters
+) -> list[dict[str, Any]]:
     """Worker groups from a count (any priority), a list of seed groups, or WKHUB_WORKERS."""
     if workers is None:
         return params["WKHUB_WORKERS"]
@@ -83,7 +91,23 @@ class WorkerHub:
         workers: int | list[dict[str, Any]] | None = None,
         name: str | None = None,
         local: bool = False,
+        max_tasks_per_worker: int = 0,
+        memory_limit: int = 0,
+        grace: float | None = None,
+        exit_with_stdin: bool = False,
     ) -> None:
+        """``grace``: seconds running tasks get when the hub is asked to stop (SIGTERM, Ctrl-C,
+        :meth:`drain`); default 30, or 0 for a ``local`` hub (started with its balancer, stopped
+        with it). ``max_tasks_per_worker``: a worker retires after that many tasks and a fresh one
+        takes its place. ``memory_limit``: bytes of address space per worker (RLIMIT_AS).
+        ``exit_with_stdin``: drain when standard input closes (how ``plb ssh`` stops its hubs).
+        """
+        if max_tasks_per_worker < 0:
+            raise PlbError("max_tasks_per_worker must be >= 0 (0: no limit)")
+        if memory_limit < 0:
+            raise PlbError("memory_limit must be >= 0 bytes (0: no limit)")
+        if grace is not None and grace < 0:
+            raise PlbError("grace must be >= 0 seconds")
         self.params = params if isinstance(params, dict) else parameters.load(params)
         self._explicit_params = params is not None
         self._connection_file = connection_file
@@ -91,6 +115,10 @@ class WorkerHub:
         self.id = protocol.new_id("hub")
         self.name = name or f"{stdsocket.gethostname()}:{os.getpid()}"
         self.local = local
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.memory_limit = memory_limit
+        self.grace = float(grace) if grace is not None else (0.0 if local else DEFAULT_GRACE)
+        self.exit_with_stdin = exit_with_stdin
         self.tasks: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
         self.workers: dict[str, _WorkerProcess] = {}
         self.state = "ok"
@@ -106,9 +134,15 @@ class WorkerHub:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._stopped = threading.Event()
         self._last_ack = 0.0
+        self._last_hello = 0.0
+        self._started = 0.0
+        self._silent = False
+        self._retry_interval = self.heartbeat_interval
+        self._drain_timers: list[asyncio.TimerHandle] = []
+        self._workers_retiring = False
 
     # -- seed API ----------------------------------------------------------------------------
-    def addTask(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> None:  # noqa: N802
+    def addTask(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> None:
         """Offer the named task ``name``: workers call ``fn(task=<client dict>, **kwargs)``."""
         if not isinstance(name, str) or not name:
             raise PlbError("a task name must be a non-empty string")
@@ -118,11 +152,11 @@ class WorkerHub:
             log.warning("WKHUB - task %r was already added; replacing it", name)
         self.tasks[name] = (fn, kwargs)
 
-    def rmvTask(self, name: str) -> None:  # noqa: N802
+    def rmvTask(self, name: str) -> None:
         self.tasks.pop(name, None)
 
-    def startWKHUB(self) -> None:  # noqa: N802
-        """Run the hub until SIGINT/SIGTERM (blocks)."""
+    def startWKHUB(self) -> None:
+        """Run the hub until SIGINT/SIGTERM, which drain it (blocks; a second signal stops it)."""
         asyncio.run(self.run())
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -137,17 +171,25 @@ class WorkerHub:
         """Register, spawn the workers, and supervise them until stopped."""
         self._loop = asyncio.get_running_loop()
         self._info = self.connection_info()
-        self._session = Session(self._info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
+        self._curve = security.peer_keys(self._info, self.params, "hubs")  # None: no CurveZMQ
+        self._session = Session(
+            self._info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"]
+        )
         self._context = zmq.Context()
-        self._socket = sockets.connect_dealer(self._context, self._info.worker_url, self.id, linger_ms=500)
+        self._socket = sockets.connect_dealer(
+            self._context, self._info.worker_url, self.id, linger_ms=500, curve=self._curve
+        )
         self._loop.add_reader(self._socket.getsockopt(zmq.FD), self._on_readable)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                self._loop.add_signal_handler(sig, self.stop)
+                self._loop.add_signal_handler(sig, self._begin_drain)
         self._stopped.clear()
         self._done = asyncio.Event()
+        self._started = time.monotonic()
         if self.local:
             self._stop_with_parent()
+        if self.exit_with_stdin:
+            self._drain_on_stdin_eof()
         self._hello()
         for group in self.groups:
             for _ in range(group["nWorkers"]):
@@ -163,7 +205,7 @@ class WorkerHub:
             self._shutdown()
 
     def _stop_with_parent(self) -> None:
-        """A local hub (started by a Jupyter server, ``startAll`` or a test) dies with its parent."""
+        """A local hub (started by a Jupyter server, ``startAll``, a test) dies with its parent."""
         assert self._loop is not None
         try:
             parent = os.pidfd_open(os.getppid())
@@ -171,15 +213,92 @@ class WorkerHub:
             return
         self._loop.add_reader(parent, self._request_stop)
 
+    def _drain_on_stdin_eof(self) -> None:
+        assert self._loop is not None
+        try:
+            fd = sys.stdin.fileno()
+            self._loop.add_reader(fd, self._on_stdin, fd)
+        except (AttributeError, OSError, ValueError, PermissionError) as exc:
+            log.warning("WKHUB - cannot watch standard input (%s); stop the hub with SIGTERM", exc)
+
+    def _on_stdin(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            assert self._loop is not None
+            self._loop.remove_reader(fd)
+            log.info("WKHUB - standard input closed: draining")
+            self._begin_drain()
+
     def stop(self) -> None:
-        """Stop from any thread: say goodbye, stop the workers, return from ``run``."""
+        """Stop from any thread at once: say goodbye (running tasks requeue), stop the workers."""
         if self._loop is None:
             return
         self._loop.call_soon_threadsafe(self._request_stop)
 
+    def drain(self) -> None:
+        """Stop from any thread gracefully: what SIGTERM does (see :meth:`_begin_drain`)."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._begin_drain)
+
     def _request_stop(self) -> None:
         self._stopping = True
         self._done.set()
+
+    def _begin_drain(self) -> None:
+        """Take no new tasks, let running ones finish within ``grace`` seconds, hand back the rest.
+
+        The balancer stops dispatching to this hub's workers and takes back their prefetched
+        tasks (``hub_drain``); then each worker retires after its running task. A second signal,
+        the grace period's end, or ``grace=0`` stops at once: ``hub_bye`` makes the balancer
+        requeue whatever is still running here, without charging the tasks an attempt.
+        """
+        if self._stopping:
+            return
+        if self.state == "draining" or self.grace <= 0:
+            if self.state == "draining":
+                log.warning("WKHUB - asked again: stopping now; running tasks are handed back")
+            self._request_stop()
+            return
+        assert self._loop is not None
+        self.state = "draining"
+        log.info(
+            "WKHUB - draining %s: no new tasks; running tasks have %g s to finish "
+            "(signal again to stop now)",
+            self.name, self.grace,
+        )
+        self._send({"type": "hub_drain", "hub": self.id})
+        if not self.workers:
+            self._request_stop()
+            return
+        self._drain_timers = [
+            self._loop.call_later(self.grace, self._grace_over),
+            # If the balancer does not acknowledge (it is away), retire the workers all the same.
+            self._loop.call_later(
+                min(self.grace / 2, SILENT_AFTER * self.heartbeat_interval), self._retire_workers
+            ),
+        ]
+
+    def _retire_workers(self) -> None:
+        """Each worker leaves after its running task (the control pipe's ``D``)."""
+        if self._workers_retiring:
+            return
+        self._workers_retiring = True
+        for proc in self.workers.values():
+            with contextlib.suppress(OSError):
+                os.write(proc.control, b"D")
+
+    def _grace_over(self) -> None:
+        if self.workers:
+            log.warning(
+                "WKHUB - grace period of %g s is over: stopping %d worker(s); "
+                "their tasks are handed back",
+                self.grace, len(self.workers),
+            )
+        self._request_stop()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -188,6 +307,8 @@ class WorkerHub:
         self._stopping = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        for timer in self._drain_timers:
+            timer.cancel()
         self._send({"type": "hub_bye", "hub": self.id})
         for proc in list(self.workers.values()):
             self._stop_worker(proc)
@@ -216,6 +337,7 @@ class WorkerHub:
             self._loop.call_soon(self._on_readable)
 
     def _hello(self) -> None:
+        self._last_hello = time.monotonic()
         self._send({
             "type": "hub_hello",
             "hub": self.id,
@@ -224,7 +346,8 @@ class WorkerHub:
             "pid": os.getpid(),
             "routes": sorted(self.tasks),
             "local": self.local,
-            "python": "%d.%d.%d" % sys.version_info[:3],
+            "state": self.state,
+            "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "cloudpickle": cloudpickle.__version__,
         })
 
@@ -242,10 +365,12 @@ class WorkerHub:
 
     def _handle(self, msg: Message) -> None:
         balancer = msg.header.get("balancer")
+        if msg.type in ("hub_welcome", "heartbeat_ack", "drain_ack"):
+            self._answered()
         if msg.type in ("hub_welcome", "heartbeat_ack"):
-            self._last_ack = time.monotonic()
             interval = msg.header.get("heartbeat")
-            if isinstance(interval, int | float) and 0.01 <= interval <= 60 and interval != self.heartbeat_interval:
+            valid = isinstance(interval, int | float) and 0.01 <= interval <= 60
+            if valid and interval != self.heartbeat_interval:
                 self.heartbeat_interval = float(interval)
                 if self._heartbeat is not None and self._loop is not None:
                     self._heartbeat.cancel()
@@ -256,10 +381,16 @@ class WorkerHub:
                     self._announce_workers()
                 self.balancer_id = balancer
         elif msg.type == "reregister":
+            self._answered()
+            recent = time.monotonic() - self._last_hello < self.heartbeat_interval
+            if balancer == self.balancer_id and recent:
+                return  # heartbeats queued while the balancer was away: one hello answers them all
             log.info("WKHUB - balancer %s does not know this hub; registering again", balancer)
             self.balancer_id = balancer
             self._hello()
             self._announce_workers()
+        elif msg.type == "drain_ack":
+            self._retire_workers()
         elif msg.type == "kill_worker":
             proc = self.workers.get(str(msg.header.get("worker")))
             if proc is not None:
@@ -273,15 +404,49 @@ class WorkerHub:
             with contextlib.suppress(OSError):
                 os.write(proc.control, b"A")
 
+    def _answered(self) -> None:
+        """The balancer answered: if it had been silent, heartbeats return to their interval."""
+        self._last_ack = time.monotonic()
+        if self._silent:
+            self._silent = False
+            self._retry_interval = self.heartbeat_interval
+            log.info("WKHUB - the balancer answers again")
+            if self._heartbeat is not None and self._loop is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = self._loop.call_later(self.heartbeat_interval, self._beat)
+
     def _beat(self) -> None:
+        """Heartbeat; while the balancer is silent, back off (ZeroMQ reconnects underneath).
+
+        Whichever balancer answers next (the same one, or a new one on the same address) says
+        ``heartbeat_ack`` or ``reregister``, and the hub registers again and so do its workers.
+        """
+        assert self._loop is not None
+        deaths = self._supervision.deaths
+        if self.state == "unhealthy" and (not deaths or time.monotonic() - deaths[-1] > CRASH_WINDOW):
+            self.state = "ok"
+            self._supervision.respawn_delay = 0.0
+        silent_for = time.monotonic() - max(self._last_ack, self._started)
+        delay = self.heartbeat_interval
+        if silent_for > SILENT_AFTER * self.heartbeat_interval:
+            if not self._silent:
+                self._silent = True
+                self._retry_interval = self.heartbeat_interval
+                assert self._info is not None
+                log.warning(
+                    "WKHUB - the balancer at %s has not answered for %.0f s; retrying with backoff "
+                    "(up to every %.0f s) for as long as it is away",
+                    self._info.worker_url, silent_for, MAX_RETRY_INTERVAL,
+                )
+            self._retry_interval = min(MAX_RETRY_INTERVAL, self._retry_interval * 2)
+            delay = max(delay, self._retry_interval)
         self._send({
             "type": "heartbeat",
             "hub": self.id,
             "state": self.state,
             "workers": list(self.workers),
         })
-        assert self._loop is not None
-        self._heartbeat = self._loop.call_later(self.heartbeat_interval, self._beat)
+        self._heartbeat = self._loop.call_later(delay, self._beat)
 
     # -- workers -------------------------------------------------------------------------------
     def _spawn(self, group: dict[str, Any]) -> None:
@@ -299,6 +464,9 @@ class WorkerHub:
             routes=cloudpickle.dumps(self.tasks),
             control_fd=read_fd,
             max_message_size=self.params["LB_MAX_MESSAGE_SIZE"],
+            max_tasks=self.max_tasks_per_worker,
+            memory_limit=self.memory_limit,
+            curve=self._curve,
         )
         try:
             process = subprocess.Popen(
@@ -320,7 +488,7 @@ class WorkerHub:
         self._watch(proc)
 
     def _watch(self, proc: _WorkerProcess) -> None:
-        """Call ``_on_exit`` when the process ends, without polling (pidfd, else a waiting thread)."""
+        """Call ``_on_exit`` when the process ends, without polling (pidfd, else a thread)."""
         assert self._loop is not None
         loop = self._loop
         try:
@@ -343,15 +511,27 @@ class WorkerHub:
         self._forget_worker(proc)
         if self._stopping:
             return
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                reason = f"killed by {signal.Signals(-code).name}"
+        if code == EXIT_RETIRED:
+            # It said worker_bye itself after its last results; this covers a lost goodbye.
+            log.debug("WKHUB - worker %s retired", proc.id)
+            self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id,
+                        "reason": "it retired", "retired": True})
         else:
-            reason = f"exited with code {code}"
-        if code < 0 and -code not in signal.Signals._value2member_map_:
-            reason = f"killed by signal {-code}"
-        log.warning("WKHUB - worker %s %s", proc.id, reason)
-        self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id, "reason": reason})
+            if proc.kill_requested:
+                reason = "killed at the balancer's request"
+                log.info("WKHUB - worker %s %s", proc.id, reason)
+            else:
+                reason = self._exit_reason(code)
+                log.warning("WKHUB - worker %s %s", proc.id, reason)
+            self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id, "reason": reason})
+        if self.state == "draining":
+            if not self.workers:
+                log.info("WKHUB - every worker has finished: stopping")
+                self._request_stop()
+            return
+        if code == EXIT_RETIRED:
+            self._spawn(proc.group)
+            return
         delay = 0.0 if proc.kill_requested else self._crash_delay()
         if delay:
             log.warning("WKHUB - workers keep dying; next start in %.0f s", delay)
@@ -359,8 +539,23 @@ class WorkerHub:
         else:
             self._spawn(proc.group)
 
+    def _exit_reason(self, code: int) -> str:
+        if code >= 0:
+            reason = f"exited with code {code}"
+        else:
+            try:
+                reason = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                reason = f"killed by signal {-code}"
+        if self.memory_limit and code != 0:
+            reason += (f"; it may have run out of its memory limit of "
+                       f"{self.memory_limit / (1 << 20):.0f} MiB (plb hub --memory-limit)")
+        elif code == -signal.SIGKILL:
+            reason += " (if nobody killed it, the system may have run out of memory)"
+        return reason
+
     def _respawn(self, group: dict[str, Any]) -> None:
-        if not self._stopping:
+        if not self._stopping and self.state != "draining":
             self._spawn(group)
 
     def _crash_delay(self) -> float:
@@ -386,6 +581,24 @@ class WorkerHub:
         if self.workers.pop(proc.id, None) is not None:
             with contextlib.suppress(OSError):
                 os.close(proc.control)
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"512M"``, ``"2G"``, ``"1.5GiB"``, ``"1048576"`` (binary units; 0: no limit)."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = cleaned, ""
+    if cleaned and cleaned[-1] in _SIZE_UNITS:
+        number, unit = cleaned[:-1], cleaned[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise PlbError(f"a size like 512M or 2G is needed, got {text!r}") from None
+    if value < 0 or value != value:
+        raise PlbError(f"a size must be >= 0, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def load_tasks(spec: str) -> dict[str, Callable[..., Any]]:

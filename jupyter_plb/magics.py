@@ -51,7 +51,7 @@ FUTURE_TYPE = ("jupyter_plb.client", "PlbFuture")
 Namespace = dict[str, Any]
 
 
-# -- shared option groups (ipyparallel style) --------------------------------------------------------
+# -- shared option groups (ipyparallel style) ------------------------------------------------------
 def _apply(func: Any, decorators: list[Any]) -> Any:
     for deco in reversed(decorators):  # keep source order in the parser
         func = deco(func)
@@ -60,22 +60,36 @@ def _apply(func: Any, decorators: list[Any]) -> Any:
 
 def task_options(func: Any) -> Any:
     """``-p/--priority``, ``-u/--user``, ``--timeout``, ``--retries``, ``-o/--out``."""
-    return _apply(func, [
-        argument_group("task options"),
-        argument("-p", "--priority", type=float, help="task priority (workers take a range of them)"),
-        argument("-u", "--user", help="the fairness bucket (default: $PLB_USER or your login)"),
-        argument("--timeout", type=float, metavar="SECONDS", help="kill the task after SECONDS"),
-        argument("--retries", type=int, metavar="N", help="retry N times if its worker dies"),
-        argument("-o", "--out", metavar="NAME", help="also store the future(s) in notebook variable NAME"),
-    ])
+    return _apply(
+        func,
+        [
+            argument_group("task options"),
+            argument(
+                "-p", "--priority", type=float, help="task priority (workers take a range of them)"
+            ),
+            argument("-u", "--user", help="the fairness bucket (default: $PLB_USER or your login)"),
+            argument(
+                "--timeout", type=float, metavar="SECONDS", help="kill the task after SECONDS"
+            ),
+            argument("--retries", type=int, metavar="N", help="retry N times if its worker dies"),
+            argument(
+                "-o",
+                "--out",
+                metavar="NAME",
+                help="also store the future(s) in notebook variable NAME",
+            ),
+        ],
+    )
 
 
 def wait_options(func: Any) -> Any:
     """``--timeout`` for the subcommands that wait for results."""
-    return argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after SECONDS")(func)
+    return argument(
+        "--timeout", type=float, metavar="SECONDS", help="give up waiting after SECONDS"
+    )(func)
 
 
-# -- parsing and evaluating notebook code ----------------------------------------------------------------
+# -- parsing and evaluating notebook code ----------------------------------------------------------
 def _tokens(text: str) -> list[tuple[str, int, int]]:
     """IPython's shell-like split, with each token's span in ``text``."""
     try:
@@ -133,7 +147,9 @@ def _expression(source: str, what: str) -> ast.expr:
         raise UsageError(f"syntax error in {what} {source!r}: {exc.msg}") from None
 
 
-def evaluate_call(source: str, ns: Namespace) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
+def evaluate_call(
+    source: str, ns: Namespace
+) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
     """``f(x, *rest, y=1, **kw)`` → the callee and its arguments, evaluated in ``ns``."""
     call = _expression(source, "the call")
     if not isinstance(call, ast.Call):
@@ -164,7 +180,9 @@ def split_function_and_iterable(source: str) -> tuple[str, str]:
             head, tail = source[:index].strip(), source[index:].strip()
             if head and tail and _parses(head) and _parses(tail):
                 return head, tail
-    raise UsageError(f"expected a function and an iterable, like: %plb map f range(10); got {source!r}")
+    raise UsageError(
+        f"expected a function and an iterable, like: %plb map f range(10); got {source!r}"
+    )
 
 
 def _parses(source: str) -> bool:
@@ -217,7 +235,9 @@ def cell_function(source: str, ns: Namespace) -> Callable[[], Any]:
     missing = sorted(n for n in read - bound if n not in ns and not hasattr(builtins, n))
     if missing:
         raise UsageError(f"name {missing[0]!r} is not defined in the notebook")
-    body = [_TopLevel().visit(stmt) if isinstance(stmt, ast.AnnAssign) else stmt for stmt in tree.body]
+    body = [
+        _TopLevel().visit(stmt) if isinstance(stmt, ast.AnnAssign) else stmt for stmt in tree.body
+    ]
     if isinstance(body[-1], ast.Expr):
         body[-1] = ast.copy_location(ast.Return(value=body[-1].value), body[-1])
     module = ast.parse("def __plb_cell__():\n    pass\n", CELL_FILE)
@@ -246,7 +266,7 @@ def with_remote_traceback(exc: BaseException, fut: Any) -> BaseException:
     return exc
 
 
-# -- the magics -------------------------------------------------------------------------------------------
+# -- the magics ------------------------------------------------------------------------------------
 @magics_class
 class PlbMagics(Magics):
     """``%plb SUBCOMMAND …`` and ``%%plb submit``; see ``%plb?``."""
@@ -266,7 +286,9 @@ class PlbMagics(Magics):
             from .client import Client
 
             try:
-                self._client = Client(connection_file=self.connection_file, connect_timeout=CONNECT_TIMEOUT)
+                self._client = Client(
+                    connection_file=self.connection_file, connect_timeout=CONNECT_TIMEOUT
+                )
             except PlbError as exc:
                 raise UsageError(f"no balancer reachable: {exc}") from None
         return self._client
@@ -288,10 +310,13 @@ class PlbMagics(Magics):
             self._client.shutdown(wait=False, cancel_futures=True)
             self._client = None
 
-    # -- helpers ------------------------------------------------------------------------------------
+    # -- helpers -----------------------------------------------------------------------------------
     def _view(self, args: argparse.Namespace) -> Any:
-        overrides = {k: getattr(args, k) for k in ("priority", "user", "timeout", "retries")
-                     if getattr(args, k) is not None}
+        overrides = {
+            k: getattr(args, k)
+            for k in ("priority", "user", "timeout", "retries")
+            if getattr(args, k) is not None
+        }
         return self.client.options(**overrides) if overrides else self.client
 
     def _remember(self, futures: list[Any]) -> None:
@@ -350,12 +375,18 @@ class PlbMagics(Magics):
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 print(f"{fut.task_id} {fut.name} failed: {fut.exception()!r}", file=sys.stderr)
         if pending:
-            raise UsageError(f"{len(pending)} of {len(futures)} task(s) still unfinished after {timeout:g} s")
+            raise UsageError(
+                f"{len(pending)} of {len(futures)} task(s) still unfinished after {timeout:g} s"
+            )
 
-    # -- subcommands --------------------------------------------------------------------------------
+    # -- subcommands -------------------------------------------------------------------------------
     @magic_arguments(name="plb submit")
-    @argument("expr", nargs=argparse.REMAINDER, metavar="CALL",
-              help="a call like f(x, y=1) (line magic); %%plb submit runs the cell instead")
+    @argument(
+        "expr",
+        nargs=argparse.REMAINDER,
+        metavar="CALL",
+        help="a call like f(x, y=1) (line magic); %%plb submit runs the cell instead",
+    )
     @task_options
     def _submit(self, rest: str, cell: str | None, ns: Namespace) -> Any:
         """Run a call, or the cell, on a worker; return its future."""
@@ -376,11 +407,19 @@ class PlbMagics(Magics):
         return fut
 
     @magic_arguments(name="plb map")
-    @argument("expr", nargs=argparse.REMAINDER, metavar="FUNC ITERABLE",
-              help="a function and an iterable, e.g. f range(100)")
+    @argument(
+        "expr",
+        nargs=argparse.REMAINDER,
+        metavar="FUNC ITERABLE",
+        help="a function and an iterable, e.g. f range(100)",
+    )
     @argument("--chunksize", type=int, default=1, metavar="N", help="N items per task (default 1)")
-    @argument("--async", dest="asynchronous", action="store_true",
-              help="return the futures at once instead of waiting for the results")
+    @argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="return the futures at once instead of waiting for the results",
+    )
     @task_options
     def _map(self, rest: str, cell: str | None, ns: Namespace) -> Any:
         """One task per item (or per chunk), a progress bar, the list of results."""
@@ -395,7 +434,9 @@ class PlbMagics(Magics):
         try:
             items = list(iterable)
         except TypeError:
-            raise UsageError(f"{items_source!r} is a {type(iterable).__name__}, not an iterable") from None
+            raise UsageError(
+                f"{items_source!r} is a {type(iterable).__name__}, not an iterable"
+            ) from None
         view = self._view(args)
         counter = show.BatchCounter(total=math.ceil(len(items) / args.chunksize))
         label = f"{getattr(fn, '__qualname__', 'map')} x {len(items)}"
@@ -408,8 +449,8 @@ class PlbMagics(Magics):
                 for fut in view.map_futures(fn, items, chunksize=args.chunksize):
                     futures.append(fut)
                     counter.add([fut])
-            if not args.asynchronous:
-                counter.wait(None)
+                    if not args.asynchronous:  # in order, as Client.map: the feeding stays ahead
+                        concurrent.futures.wait([fut])
         except BaseException:
             self._cancel_quietly(futures)
             counter.close()
@@ -456,7 +497,9 @@ class PlbMagics(Magics):
             return show.hubs_report(self.client.hubs())
 
     @magic_arguments(name="plb result")
-    @argument("id", nargs="?", help="task id or a variable holding a future (default: the last task)")
+    @argument(
+        "id", nargs="?", help="task id or a variable holding a future (default: the last task)"
+    )
     @wait_options
     def _result(self, rest: str, cell: str | None, ns: Namespace) -> Any:
         """Wait for one task, print what it printed, return its result (or show its error)."""
@@ -470,7 +513,9 @@ class PlbMagics(Magics):
         if not futures:
             return self._foreign_result(args.id)
         if len(futures) > 1:
-            raise UsageError(f"{args.id} holds {len(futures)} futures; wait for them with %plb wait {args.id}")
+            raise UsageError(
+                f"{args.id} holds {len(futures)} futures; wait for them with %plb wait {args.id}"
+            )
         fut = futures[0]
         done, _ = concurrent.futures.wait([fut], args.timeout)
         if not done:
@@ -488,7 +533,9 @@ class PlbMagics(Magics):
             info = self.client.getTask(task_id)
         state = info.get("state")
         if state is None:
-            raise UsageError(f"unknown task {task_id!r}: not submitted from here and unknown to the balancer")
+            raise UsageError(
+                f"unknown task {task_id!r}: not submitted from here and unknown to the balancer"
+            )
         for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
             if info.get(stream):
                 out.write(info[stream])
@@ -496,10 +543,17 @@ class PlbMagics(Magics):
             return info["result"]
         if state in ("failed", "cancelled"):
             raise UsageError(f"task {task_id} {state}: {info.get('error', '')}")
-        raise UsageError(f"task {task_id} is {state}; only tasks submitted from this notebook can be waited for")
+        raise UsageError(
+            f"task {task_id} is {state}; only tasks submitted from this notebook can be waited for"
+        )
 
     @magic_arguments(name="plb wait")
-    @argument("ids", nargs="*", metavar="ID", help="task ids or variables holding futures; 'all' (default)")
+    @argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="task ids or variables holding futures; 'all' (default)",
+    )
     @wait_options
     def _wait_cmd(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """Wait for tasks, print what they printed, list the failures."""
@@ -519,8 +573,10 @@ class PlbMagics(Magics):
         for token in tokens:
             found = self._lookup(token, ns)
             if found is None:
-                raise UsageError(f"unknown task {token!r}: use a task id submitted from this notebook, "
-                                 "a variable holding futures, or 'all'")
+                raise UsageError(
+                    f"unknown task {token!r}: use a task id submitted from this notebook, "
+                    "a variable holding futures, or 'all'"
+                )
             futures.extend(found)
         return futures
 
@@ -542,9 +598,13 @@ class PlbMagics(Magics):
         with self._balancer():
             replies = self.client.cancel(ids)
         # the balancer's "cancelled" results follow its reply: let the futures catch up
-        concurrent.futures.wait([f for f in futures if replies.get(f.task_id, {}).get("cancelled")], 5)
+        concurrent.futures.wait(
+            [f for f in futures if replies.get(f.task_id, {}).get("cancelled")], 5
+        )
         cancelled = sum(bool(r.get("cancelled")) for r in replies.values())
-        unknown = [i for i, r in replies.items() if r.get("state") is None and not r.get("cancelled")]
+        unknown = [
+            i for i, r in replies.items() if r.get("state") is None and not r.get("cancelled")
+        ]
         finished = len(replies) - cancelled - len(unknown)
         line = f"cancelled {cancelled} of {len(ids)} task(s)"
         if finished:
@@ -554,13 +614,19 @@ class PlbMagics(Magics):
         print(line)
 
     @magic_arguments(name="plb dashboard")
-    @argument("--refresh", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes")
-    @argument("-o", "--out", metavar="NAME", help="also store the Dashboard in notebook variable NAME")
+    @argument(
+        "--refresh", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes"
+    )
+    @argument(
+        "-o", "--out", metavar="NAME", help="also store the Dashboard in notebook variable NAME"
+    )
     def _dashboard(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """A live panel: per-user queues, hubs and workers, throughput, failures, cancel buttons."""
         args = self._dashboard.parser.parse_argstring(rest)
         if not show.in_kernel():
-            raise UsageError("%plb dashboard needs a Jupyter kernel (ipywidgets); here use %plb status")
+            raise UsageError(
+                "%plb dashboard needs a Jupyter kernel (ipywidgets); here use %plb status"
+            )
         from .widgets import Dashboard
 
         client = self.client
@@ -571,7 +637,9 @@ class PlbMagics(Magics):
         display(dashboard)
 
     @magic_arguments(name="plb connect")
-    @argument("file", nargs="?", help="the balancer's plb-connection.json (default: $PLB_CONNECTION_FILE)")
+    @argument(
+        "file", nargs="?", help="the balancer's plb-connection.json (default: $PLB_CONNECTION_FILE)"
+    )
     def _connect(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """Connect (again) to a balancer, now."""
         args = self._connect.parser.parse_argstring(rest)
@@ -592,22 +660,26 @@ class PlbMagics(Magics):
             return
         handler = SUBCOMMANDS.get(args.subcommand)
         if handler is None:
-            raise UsageError(f"unknown subcommand {args.subcommand!r}; one of: {', '.join(SUBCOMMANDS)}")
+            raise UsageError(
+                f"unknown subcommand {args.subcommand!r}; one of: {', '.join(SUBCOMMANDS)}"
+            )
         print(handler.parser.format_help())
 
-    # -- the entry point ----------------------------------------------------------------------------
+    # -- the entry point ---------------------------------------------------------------------------
     @needs_local_scope
     @no_var_expand
     @line_cell_magic
     def plb(self, line: str, cell: str | None = None, local_ns: Namespace | None = None) -> Any:
         """Run Python tasks on the jupyter_plb balancer's workers."""
-        name, rest = (line.split(None, 1) + ["", ""])[:2]
+        name, rest = [*line.split(None, 1), "", ""][:2]
         if not name:
             print(PlbMagics.plb.__doc__)
             return None
         handler = SUBCOMMANDS.get(name)
         if handler is None:
-            raise UsageError(f"unknown subcommand {name!r}; use one of: {', '.join(SUBCOMMANDS)} (see %plb?)")
+            raise UsageError(
+                f"unknown subcommand {name!r}; use one of: {', '.join(SUBCOMMANDS)} (see %plb?)"
+            )
         if cell is not None and name != "submit":
             raise UsageError(f"%%plb {name} does not take a cell; only %%plb submit does")
         user_ns = self.shell.user_ns
@@ -637,7 +709,8 @@ SUBCOMMANDS: dict[str, Any] = {
 
 def _overview() -> str:
     usages = "\n".join(
-        "  " + " ".join(handler.parser.format_usage().split()[1:]) for handler in SUBCOMMANDS.values()
+        "  " + " ".join(handler.parser.format_usage().split()[1:])
+        for handler in SUBCOMMANDS.values()
     )
     return f"""Run Python tasks on the jupyter_plb balancer's workers.
 
@@ -665,7 +738,9 @@ def register(ipython: Any) -> PlbMagics:
     if getattr(ipython, "kernel", None) is not None:
         from .widgets import show_future
 
-        ipython.display_formatter.ipython_display_formatter.for_type_by_name(*FUTURE_TYPE, show_future)
+        ipython.display_formatter.ipython_display_formatter.for_type_by_name(
+            *FUTURE_TYPE, show_future
+        )
     return magics
 
 

@@ -47,6 +47,11 @@ EXTRA_DEFAULTS: Parameters = {
     "LB_MAX_MESSAGE_SIZE": 256 << 20,
     "LB_MAX_PEERS": 4096,
     "HC_INTERVAL": 2.0,
+    # security (jupyter_plb.security): CurveZMQ "auto" = on when binding beyond loopback
+    "LB_CURVE": "auto",
+    "LB_ALLOW_INSECURE": False,
+    "LB_SECURITY_DIR": None,
+    "LB_JOURNAL": "auto",
 }
 
 DEFAULTS: Parameters = {**SEED_DEFAULTS, **EXTRA_DEFAULTS}
@@ -99,9 +104,18 @@ def _problem(key: str, value: Any) -> str | None:
     elif key in _IP_KEYS:
         if not isinstance(value, str) or not value.strip():
             return f"must be an IP address or host name string, got {value!r}"
-    elif key in ("LB_BIND_IP", "LB_CONNECTION_FILE"):
+    elif key == "LB_CURVE":
+        if not (value == "auto" or isinstance(value, bool)):
+            return f'must be "auto" (on when binding beyond loopback), true or false, got {value!r}'
+    elif key == "LB_ALLOW_INSECURE":
+        if not isinstance(value, bool):
+            return f"must be true or false, got {value!r}"
+    elif key in ("LB_BIND_IP", "LB_CONNECTION_FILE", "LB_SECURITY_DIR"):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             return f"must be a non-empty string or null, got {value!r}"
+    elif key == "LB_JOURNAL":
+        if value is not False and (not isinstance(value, str) or not value.strip()):
+            return f"must be \"auto\" (beside the connection file), a file path, or false, got {value!r}"
     elif key == "WKHUB_WORKERS":
         if not isinstance(value, list):
             return "must be a list of worker groups"

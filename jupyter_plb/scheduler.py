@@ -272,6 +272,16 @@ class Scheduler:
                     break
         return best
 
+    def attach(self, slot_id: str, task: Task) -> None:
+        """Record that a slot already holds ``task`` (a worker re-announcing after a restart)."""
+        slot = self.slots[slot_id]
+        slot.assigned[task.id] = task
+        self._users.setdefault(task.user, _User(task.user)).running += 1
+
+    def continue_sequence(self, seq: int) -> None:
+        """New tasks get sequence numbers after ``seq`` (the last one of a restored journal)."""
+        self._seq = max(self._seq, seq)
+
     def release(self, slot_id: str, task_id: str) -> Task | None:
         """A slot finished (or dropped) a task: free its credit. None if it did not hold it."""
         slot = self.slots.get(slot_id)

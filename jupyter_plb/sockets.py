@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import zmq
+
+if TYPE_CHECKING:
+    from .security import PeerKeys, ServerKeys
 
 #: Messages a socket queues per peer before sends would block (they never block: NOBLOCK).
 HIGH_WATER_MARK = 100_000
 
 
 def bind_router(
-    context: zmq.Context, host: str, port: int, *, max_message_size: int
+    context: zmq.Context,
+    host: str,
+    port: int,
+    *,
+    max_message_size: int,
+    curve: ServerKeys | None = None,
+    domain: str = "",
 ) -> tuple[zmq.Socket, int]:
-    """A ROUTER bound on ``host:port`` (0: a free port); returns it and the bound port."""
+    """A ROUTER bound on ``host:port`` (0: a free port); returns it and the bound port.
+
+    With ``curve``, the socket is a CurveZMQ server: every connection is encrypted and must pass
+    the ZAP authenticator of ``context`` for ``domain`` (the allow-list of the port's role).
+    """
     sock = context.socket(zmq.ROUTER)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
@@ -29,12 +48,58 @@ def bind_router(
     return sock, port
 
 
-def connect_dealer(context: zmq.Context, url: str, identity: str, *, linger_ms: int = 1000) -> zmq.Socket:
-    """A DEALER with a stable identity (so the balancer can route to it across reconnects)."""
+def connect_dealer(
+    context: zmq.Context,
+    url: str,
+    identity: str,
+    *,
+    linger_ms: int = 1000,
+    curve: PeerKeys | None = None,
+) -> zmq.Socket:
+    """A DEALER with a stable identity (so the balancer can route to it across reconnects).
+
+    With ``curve``, it connects as a CurveZMQ client with its certificate's keys.
+    """
     sock = context.socket(zmq.DEALER)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
     sock.setsockopt(zmq.IDENTITY, identity.encode())
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(url)
     return sock
+
+
+def probe_handshake(url: str, curve: PeerKeys, timeout: float) -> int | None:
+    """Try one CurveZMQ handshake with ``url`` on a throw-away socket; return its monitor event.
+
+    ``zmq.EVENT_HANDSHAKE_SUCCEEDED``, ``…_FAILED_AUTH`` (the server refused the key), another
+    ``…_FAILED_*`` event, or None when nothing happened within ``timeout`` seconds.
+    """
+    from zmq.utils.monitor import recv_monitor_message
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    )
+    try:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        sock.connect(url)
+        if not monitor.poll(timeout * 1000):
+            return None
+        return int(recv_monitor_message(monitor)["event"])
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        context.term()

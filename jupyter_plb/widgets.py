@@ -51,7 +51,7 @@ def _close_tree(widget: widgets.Widget) -> None:
 
 # -- futures ---------------------------------------------------------------------------------------
 class _LiveFutures:
-    """One daemon thread that re-renders every displayed, unfinished future; it ends when none is left."""
+    """One daemon thread re-rendering displayed unfinished futures; it ends when none is left."""
 
     def __init__(self) -> None:
         self._views: list[tuple[Any, widgets.HTML]] = []
@@ -104,38 +104,51 @@ def show_future(fut: Any) -> None:
 
 # -- batches ---------------------------------------------------------------------------------------
 class BatchProgress(widgets.VBox):
-    """A batch's bar and counts (done / failed / running / queued, rate, ETA) and its output tail."""
+    """A batch's bar and counts (done/failed/running/queued, rate, ETA) and its output tail."""
 
     def __init__(self, label: str = "") -> None:
-        self.bar = widgets.IntProgress(value=0, min=0, max=1, bar_style="info",
-                                       layout=widgets.Layout(width="35%"))
+        self.bar = widgets.IntProgress(
+            value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="35%")
+        )
         self.title = widgets.HTML(f"<b>{esc(label)}</b>")
         self.numbers = widgets.HTML()
         self.output = widgets.HTML()
         super().__init__([widgets.HBox([self.title, self.bar, self.numbers]), self.output])
         self.add_class("plb-batch")
 
-    def show(self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False) -> None:
+    def show(
+        self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False
+    ) -> None:
         total = int(counts["total"])
         finished = int(counts["done"] + counts["failed"] + counts["cancelled"])
-        style = "danger" if counts["failed"] else ("success" if final and finished >= total else "info")
+        style = (
+            "danger" if counts["failed"] else ("success" if final and finished >= total else "info")
+        )
         eta = counts["eta"]
         numbers = (
             f"{finished}/{total} · done {int(counts['done'])} · failed {int(counts['failed'])} · "
             f"running {int(counts['running'])} · queued {int(counts['queued'])} · "
             f"{counts['rate']:.0f}/s · "
-            + (f"took {_duration(counts['elapsed'])}" if final else
-               f"ETA {_duration(eta) if eta == eta else '?'}")
+            + (
+                f"took {_duration(counts['elapsed'])}"
+                if final
+                else f"ETA {_duration(eta) if eta == eta else '?'}"
+            )
         )
         if counts["cancelled"]:
             numbers += f" · cancelled {int(counts['cancelled'])}"
         tail = "\n".join(output)
         _update(self.bar, max=max(total, 1), value=finished, bar_style=style)
         _update(self.numbers, value=f"<span class='plb-counts'>{esc(numbers)}</span>")
-        _update(self.output, value=(
-            f"<pre class='plb-output' style='margin:0;max-height:12em;overflow:auto'>{esc(tail)}</pre>"
-            if tail else ""
-        ))
+        _update(
+            self.output,
+            value=(
+                f"<pre class='plb-output' style='margin:0;max-height:12em;overflow:auto'>"
+                f"{esc(tail)}</pre>"
+                if tail
+                else ""
+            ),
+        )
 
 
 # -- dashboard -------------------------------------------------------------------------------------
@@ -145,9 +158,13 @@ def sparkline(points: Sequence[float], width: int = 240, height: int = 32) -> st
         return ""
     top = max(max(points), 1)
     step = width / max(len(points) - 1, 1)
-    coords = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(points))
-    return (f'<svg width="{width}" height="{height}" class="plb-spark">'
-            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/></svg>')
+    coords = " ".join(
+        f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(points)
+    )
+    return (
+        f'<svg width="{width}" height="{height}" class="plb-spark">'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/></svg>'
+    )
 
 
 def header_html(snapshot: dict[str, Any]) -> str:
@@ -155,15 +172,20 @@ def header_html(snapshot: dict[str, Any]) -> str:
     balancer, totals = snapshot.get("balancer", {}), snapshot.get("totals", {})
     health = snapshot.get("health", {})
     rate = snapshot.get("rates", {}).get("done_per_s", 0)
-    colour = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}.get(health.get("status"), "#555")
+    colour = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}.get(
+        health.get("status"), "#555"
+    )
     counts = " · ".join(
         f"<span class='plb-{esc(k)}'>{esc(k)} <b>{esc(totals.get(k, 0))}</b></span>"
         for k in ("queued", "running", "done", "failed", "cancelled")
     )
-    messages = "".join(f"<div style='color:{colour}'>{esc(m)}</div>" for m in health.get("messages", []))
+    messages = "".join(
+        f"<div style='color:{colour}'>{esc(m)}</div>" for m in health.get("messages", [])
+    )
     done = [p.get("done", 0) for p in snapshot.get("throughput", [])][-SPARK_POINTS:]
     return (
-        f"<div class='plb-header'><b>jupyter_plb</b> balancer <code>{esc(balancer.get('id', '?'))}</code>"
+        f"<div class='plb-header'><b>jupyter_plb</b> balancer "
+        f"<code>{esc(balancer.get('id', '?'))}</code>"
         f" · up {_duration(float(balancer.get('uptime', 0)))} · health "
         f"<b style='color:{colour}'>{esc(health.get('status', '?'))}</b></div>"
         f"<div class='plb-totals'>{counts}</div>"
@@ -176,15 +198,25 @@ def failures_html(snapshot: dict[str, Any], limit: int = 10) -> str:
     failures = snapshot.get("recent_failures", [])[-limit:]
     if not failures:
         return ""
-    rows = [[time.strftime("%H:%M:%S", time.localtime(f.get("time", 0))), f.get("id"), f.get("name"),
-             f.get("user"), f.get("error")] for f in reversed(failures)]
+    rows = [
+        [
+            time.strftime("%H:%M:%S", time.localtime(f.get("time", 0))),
+            f.get("id"),
+            f.get("name"),
+            f.get("user"),
+            f.get("error"),
+        ]
+        for f in reversed(failures)
+    ]
     return "<b>Recent failures</b>" + _table(("time", "task", "name", "user", "error"), rows)
 
 
 def hubs_html(snapshot: dict[str, Any]) -> str:
     hubs = snapshot.get("hubs", [])
     if not hubs:
-        return "<b>Hubs</b> <i>none connected: start one with <code>plb hub --connect FILE</code></i>"
+        return (
+            "<b>Hubs</b> <i>none connected: start one with <code>plb hub --connect FILE</code></i>"
+        )
     return "<b>Hubs and workers</b>" + _table(HUB_HEADERS, _hub_rows(hubs))
 
 
@@ -193,17 +225,26 @@ class _UserRow(widgets.HBox):
         self.user = user
         self.label = widgets.HTML(layout=widgets.Layout(width="45%"))
         self.queue = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="30%"))
-        self.cancel = widgets.Button(description="cancel queued", tooltip="cancel this user's queued tasks",
-                                     button_style="warning", layout=widgets.Layout(width="auto"))
+        self.cancel = widgets.Button(
+            description="cancel queued",
+            tooltip="cancel this user's queued tasks",
+            button_style="warning",
+            layout=widgets.Layout(width="auto"),
+        )
         self.cancel.on_click(lambda _: on_cancel(user))
         super().__init__([self.label, self.queue, self.cancel])
         self.add_class("plb-user")
 
     def show(self, info: dict[str, Any], longest: int) -> None:
-        _update(self.label, value=(
-            f"<b>{esc(self.user)}</b> queued <b class='plb-user-queued'>{esc(info['queued'])}</b> · "
-            f"running {esc(info['running'])} · done {esc(info['done'])} · failed {esc(info['failed'])}"
-        ))
+        _update(
+            self.label,
+            value=(
+                f"<b>{esc(self.user)}</b> queued "
+                f"<b class='plb-user-queued'>{esc(info['queued'])}</b> · "
+                f"running {esc(info['running'])} · done {esc(info['done'])} · "
+                f"failed {esc(info['failed'])}"
+            ),
+        )
         _update(self.queue, max=max(longest, 1), value=int(info["queued"]))
 
 
@@ -227,15 +268,22 @@ class Dashboard(widgets.VBox):
         self.client = client
         self.refresh = refresh
         self.header = widgets.HTML("<i>connecting…</i>")
-        self.workers = widgets.IntProgress(value=0, min=0, max=1, description="busy workers",
-                                           style={"description_width": "initial"})
+        self.workers = widgets.IntProgress(
+            value=0,
+            min=0,
+            max=1,
+            description="busy workers",
+            style={"description_width": "initial"},
+        )
         self.workers_label = widgets.HTML()
         self.users = widgets.VBox()
         self.hubs = widgets.HTML()
         self.failures = widgets.HTML()
         self.task_id = widgets.Text(placeholder="task id", layout=widgets.Layout(width="18em"))
         self.cancel_task = widgets.Button(description="cancel task", button_style="warning")
-        self.close_button = widgets.Button(description="close", tooltip="stop and close the dashboard")
+        self.close_button = widgets.Button(
+            description="close", tooltip="stop and close the dashboard"
+        )
         self.message = widgets.HTML()
         self.cancel_task.on_click(lambda _: self._request("task", self.task_id.value.strip()))
         self.close_button.on_click(lambda _: self.close())
@@ -244,16 +292,18 @@ class Dashboard(widgets.VBox):
         self._wake = threading.Event()
         self._closed = False
         self.refreshed = 0
-        super().__init__([
-            self.header,
-            widgets.HBox([self.workers, self.workers_label]),
-            widgets.HTML("<b>Users</b>"),
-            self.users,
-            self.hubs,
-            self.failures,
-            widgets.HBox([self.task_id, self.cancel_task, self.close_button]),
-            self.message,
-        ])
+        super().__init__(
+            [
+                self.header,
+                widgets.HBox([self.workers, self.workers_label]),
+                widgets.HTML("<b>Users</b>"),
+                self.users,
+                self.hubs,
+                self.failures,
+                widgets.HBox([self.task_id, self.cancel_task, self.close_button]),
+                self.message,
+            ]
+        )
         self.add_class("plb-dashboard")
         self._thread = threading.Thread(target=self._run, name="plb-dashboard", daemon=True)
         self._thread.start()
@@ -297,7 +347,10 @@ class Dashboard(widgets.VBox):
             except Exception as exc:
                 if self._closed:
                     return
-                _update(self.message, value=f"<span style='color:#d62728'>cannot refresh: {esc(exc)}</span>")
+                _update(
+                    self.message,
+                    value=f"<span style='color:#d62728'>cannot refresh: {esc(exc)}</span>",
+                )
             else:
                 if self._closed:
                     return
@@ -320,7 +373,9 @@ class Dashboard(widgets.VBox):
     def _cancel_user(self, user: str) -> str:
         cancelled = 0
         for _ in range(1000):  # 1000 ids per request; a user holds at most LB_QUEING_MAXPERUSER
-            ids = [t["id"] for t in self.client.tasks(state="queued", user=user, limit=1000)["tasks"]]
+            ids = [
+                t["id"] for t in self.client.tasks(state="queued", user=user, limit=1000)["tasks"]
+            ]
             if not ids:
                 break
             cancelled += sum(bool(r.get("cancelled")) for r in self.client.cancel(ids).values())
@@ -336,7 +391,12 @@ class Dashboard(widgets.VBox):
 
     def show(self, snapshot: dict[str, Any]) -> None:
         """Render a snapshot (the shape of ``Client.status()``)."""
-        workers = [w for h in snapshot.get("hubs", []) if h.get("state") == "ok" for w in h.get("workers", [])]
+        workers = [
+            w
+            for h in snapshot.get("hubs", [])
+            if h.get("state") == "ok"
+            for w in h.get("workers", [])
+        ]
         busy = sum(w.get("state") == "busy" for w in workers)
         users = snapshot.get("users", [])
         longest = max((int(u["queued"]) for u in users), default=0)

@@ -43,7 +43,7 @@ RESULT_BATCH_MAX = 4
 #: replaces it (unless draining) without counting a crash, and its tasks are not charged an attempt.
 EXIT_RETIRED = 85
 #: This interpreter's versions, named when a pickle from a client cannot be loaded here.
-VERSIONS = "Python %d.%d.%d, cloudpickle %s" % (*sys.version_info[:3], cloudpickle.__version__)
+VERSIONS = "Python {}.{}.{}, cloudpickle {}".format(*sys.version_info[:3], cloudpickle.__version__)
 
 
 class _Retire(Exception):
@@ -68,6 +68,8 @@ class WorkerConfig:
     max_tasks: int = 0
     #: Address-space limit in bytes (RLIMIT_AS; 0: none): a task over it fails with MemoryError.
     memory_limit: int = 0
+    #: The hub's CurveZMQ keys (security.PeerKeys) when the balancer uses Curve.
+    curve: Any = None
 
 
 _current: _Worker | None = None
@@ -113,7 +115,9 @@ class _Worker:
         self.config = config
         self.session = Session(config.key, max_message_size=config.max_message_size)
         self.context = zmq.Context()
-        self.socket = sockets.connect_dealer(self.context, config.url, config.worker_id)
+        self.socket = sockets.connect_dealer(
+            self.context, config.url, config.worker_id, curve=config.curve
+        )
         self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
         for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
             self.routes[name] = (fn, kwargs, _accepts_progress(fn))
@@ -143,6 +147,7 @@ class _Worker:
             "routes": sorted(self.routes),
             "python": "%d.%d.%d" % sys.version_info[:3],
             "cloudpickle": cloudpickle.__version__,
+            "tasks": [spec.get("id") for spec, _ in self.pending],
         })
 
     def receive_all(self) -> None:
@@ -298,6 +303,8 @@ class _Worker:
             os._exit(0)
         if b"A" in data:
             self.announce()
+        if b"D" in data:
+            raise _Retire("its hub is draining")
 
     def loop(self) -> None:
         poller = zmq.Poller()
@@ -315,6 +322,8 @@ class _Worker:
             self.receive_all()
             while self.pending:
                 self.run(*self.pending.popleft())
+                if self.config.max_tasks and self.completed >= self.config.max_tasks:
+                    raise _Retire(f"recycled after {self.completed} tasks")
                 self.receive_all()
                 if (
                     len(self.outgoing) >= RESULT_BATCH_MAX
@@ -339,15 +348,38 @@ def main(config: WorkerConfig) -> None:
     global _current
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _set_nice(config.process_p)
+    # Ctrl-C in a terminal reaches the whole process group: the hub drains, its workers go on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _current = _Worker(config)
+    _limit_memory(config.memory_limit)
+    code = 0
     try:
         _current.loop()
+    except _Retire as retire:
+        code = EXIT_RETIRED
+        _current.flush()
+        _current.send({"type": "worker_bye", "worker": config.worker_id, "reason": str(retire)})
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         _current.flush()
         _current.socket.close()
         _current.context.term()
+    if code:
+        sys.exit(code)
+
+
+def _limit_memory(limit: int) -> None:
+    """Cap the address space (RLIMIT_AS): allocations past it raise MemoryError in the task."""
+    if limit <= 0:
+        return
+    try:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("worker cannot limit its memory to %d bytes (%s); it runs unlimited", limit, exc)
 
 
 def run_from_stdin() -> None:

@@ -200,6 +200,7 @@ def test_fair_share_between_two_users(make_cluster, connection_file: Path, start
         blocker = alice.options(user="gatekeeper").submit(with_progress, 1, str(gate))
         wait_for(lambda: blocker.progress == 50, what="the gate task to run")
         a = [alice.submit(time.time) for _ in range(4)]
+        wait_for(lambda: alice.status()["totals"]["queued"] == 4, what="alice's 4 tasks queued first")
         b = [bob.submit(time.time) for _ in range(2)]
         wait_for(lambda: alice.status()["totals"]["queued"] == 6, what="6 queued tasks")
         gate.write_text("go")

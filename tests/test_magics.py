@@ -21,7 +21,7 @@ from .conftest import free_params, wait_for, worker_count
 
 pytestmark = pytest.mark.timeout(60)
 
-DEFINITIONS = '''
+DEFINITIONS = """
 import time
 import numpy as np
 
@@ -63,7 +63,7 @@ def nap(seconds):
 
 def echo(value):
     return value
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def shell() -> Any:
 
 @pytest.fixture
 def ip(shell: Any, balancer: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The shell with ``%load_ext jupyter_plb`` done, the test objects defined, PLB_CONNECTION_FILE set."""
+    """The shell after ``%load_ext jupyter_plb``, with the test objects and PLB_CONNECTION_FILE."""
     monkeypatch.setenv("PLB_CONNECTION_FILE", str(balancer))
     run(shell, "%load_ext jupyter_plb")
     run(shell, DEFINITIONS)
@@ -128,7 +128,7 @@ def magics_of(ip: Any) -> magics.PlbMagics:
     return ip.magics_manager.registry["PlbMagics"]
 
 
-# -- loading and connecting --------------------------------------------------------------------------------
+# -- loading and connecting ------------------------------------------------------------------------
 def test_load_ext_registers_the_magics_and_connects_on_first_use(ip: Any) -> None:
     assert "plb" in ip.magics_manager.magics["line"]
     assert "plb" in ip.magics_manager.magics["cell"]
@@ -144,20 +144,26 @@ def test_unload_ext_removes_the_magics_and_cancels_pending_tasks(
     stuck = run(ip, "%plb submit -p 1e12 double(1)")
     run(ip, "%unload_ext jupyter_plb")
     assert "plb" not in ip.magics_manager.magics["line"]
-    wait_for(lambda: other_client.getTask(stuck.task_id)["state"] in (None, "cancelled"),
-             what="the pending task to be cancelled")
+    wait_for(
+        lambda: other_client.getTask(stuck.task_id)["state"] in (None, "cancelled"),
+        what="the pending task to be cancelled",
+    )
     assert "Line magic function `%plb` not found" in usage_error(ip, "%plb status", capsys)
     run(ip, "%load_ext jupyter_plb")
 
 
-def test_connect_to_a_named_file(ip: Any, balancer: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_connect_to_a_named_file(
+    ip: Any, balancer: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(ip, f"%plb connect {balancer}")
     assert "connected to balancer lb_" in capsys.readouterr().out
     assert magics_of(ip).connection_file == balancer
     assert run(ip, "%plb submit double(4)").result(30) == 8
 
 
-def test_a_missing_connection_file_is_one_line(ip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_connection_file_is_one_line(
+    ip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     line = usage_error(ip, f"%plb connect {tmp_path / 'nope.json'}", capsys)
     assert "no balancer reachable" in line and "nope.json" in line
 
@@ -169,8 +175,17 @@ def test_no_balancer_listening_is_one_line(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     dead = tmp_path / "dead.json"
-    dead.write_text(json.dumps({"address": "127.0.0.1", "client_port": port, "worker_port": port,
-                                "health_port": port, "key": "k" * 32}))
+    dead.write_text(
+        json.dumps(
+            {
+                "address": "127.0.0.1",
+                "client_port": port,
+                "worker_port": port,
+                "health_port": port,
+                "key": "k" * 32,
+            }
+        )
+    )
     dead.chmod(0o600)
     monkeypatch.setattr(magics, "CONNECT_TIMEOUT", 0.3)
     monkeypatch.setenv("PLB_CONNECTION_FILE", str(dead))
@@ -178,7 +193,7 @@ def test_no_balancer_listening_is_one_line(
     assert "no balancer reachable" in line and "did not answer" in line
 
 
-# -- %plb submit ---------------------------------------------------------------------------------------------
+# -- %plb submit -----------------------------------------------------------------------------------
 def test_submit_a_call_returns_its_future(ip: Any) -> None:
     fut = run(ip, "%plb submit shout('hi')")
     assert isinstance(fut, PlbFuture)
@@ -186,15 +201,19 @@ def test_submit_a_call_returns_its_future(ip: Any) -> None:
     assert fut.stdout == "said hi\n" and fut.stderr == "warned hi\n"
 
 
-@pytest.mark.parametrize(("call", "expected"), [
-    ("double(arr)", [0, 2, 4, 6, 8, 10]),
-    ("triple(arr)", [0, 3, 6, 9, 12, 15]),
-    ("add5(arr)", [5, 6, 7, 8, 9, 10]),
-    ("scaler.scale(arr)", [0, 7, 14, 21, 28, 35]),
-    ("scaler(arr)", [0, 7, 14, 21, 28, 35]),
-    ("echo(scaler).k", None),
-    ("np.add(arr, *[1], **{})", [1, 2, 3, 4, 5, 6]),
-], ids=["function", "lambda", "closure", "method", "instance", "instance-arg", "numpy"])
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ("double(arr)", [0, 2, 4, 6, 8, 10]),
+        ("triple(arr)", [0, 3, 6, 9, 12, 15]),
+        ("add5(arr)", [5, 6, 7, 8, 9, 10]),
+        ("scaler.scale(arr)", [0, 7, 14, 21, 28, 35]),
+        ("scaler(arr)", [0, 7, 14, 21, 28, 35]),
+        ("echo(scaler).k", None),
+        ("np.add(arr, *[1], **{})", [1, 2, 3, 4, 5, 6]),
+    ],
+    ids=["function", "lambda", "closure", "method", "instance", "instance-arg", "numpy"],
+)
 def test_submit_ships_notebook_objects(ip: Any, call: str, expected: Any) -> None:
     if expected is None:  # an instance as the argument: it comes back as a Scaler
         back = run(ip, "%plb submit echo(scaler)").result(30)
@@ -218,16 +237,22 @@ def test_submit_does_not_expand_dollar_or_braces(ip: Any) -> None:
 
 
 def test_submit_inside_a_function_sees_its_locals(ip: Any) -> None:
-    run(ip, "def inner():\n    local_value = 21\n    fut = %plb submit double(local_value)\n"
-            "    return fut.result(30)")
+    run(
+        ip,
+        "def inner():\n    local_value = 21\n    fut = %plb submit double(local_value)\n"
+        "    return fut.result(30)",
+    )
     assert run(ip, "inner()") == 42
 
 
 def test_cell_submit_ships_the_names_it_reads(ip: Any) -> None:
-    fut = run(ip, """%%plb submit -o out
+    fut = run(
+        ip,
+        """%%plb submit -o out
 values = [double(1), triple(1), add5(1), scaler.scale(1), int(arr.sum())]
 print("computed", len(values))
-values""")
+values""",
+    )
     assert ip.user_ns["out"] is fut
     assert fut.result(30) == [2, 3, 6, 7, 15]
     assert fut.stdout == "computed 5\n"
@@ -235,7 +260,9 @@ values""")
 
 def test_cell_submit_runs_like_module_code(ip: Any) -> None:
     run(ip, "counter = 10")
-    fut = run(ip, """%%plb submit
+    fut = run(
+        ip,
+        """%%plb submit
 counter = counter + 1
 limit: int = 3
 def bump(step):
@@ -244,48 +271,54 @@ def bump(step):
     return counter
 for _ in range(limit):
     bump(2)
-counter""")
+counter""",
+    )
     assert fut.result(30) == 17
     assert ip.user_ns["counter"] == 10  # the notebook's copy is untouched
     assert run(ip, "%%plb submit\nx = 1").result(30) is None
 
 
-@pytest.mark.parametrize(("code", "message"), [
-    ("%plb bogus", "unknown subcommand 'bogus'"),
-    ("%plb submit double(", "syntax error"),
-    ("%plb submit missing_function(1)", "name 'missing_function' is not defined"),
-    ("%plb submit double(missing_argument)", "name 'missing_argument' is not defined"),
-    ("%plb submit double", "expected a call"),
-    ("%plb submit arr.size()", "not a function"),
-    ("%plb submit inverse(1 / 0)", "ZeroDivisionError"),
-    ("%plb submit", "needs a call"),
-    ("%plb submit -p high double(1)", "invalid float value"),
-    ("%plb submit --nope double(1)", "unrecognized arguments"),
-    ("%plb submit double('unclosed)", "syntax error"),
-    ("%%plb status\nx = 1", "does not take a cell"),
-    ("%%plb submit double(1)\nx = 1", "takes only options"),
-    ("%%plb submit\nundefined_name + 1", "name 'undefined_name' is not defined"),
-    ("%%plb submit\nif True\n    x = 1", "syntax error in the cell, line 1"),
-    ("%%plb submit\n# only a comment", "the cell is empty"),
-    ("%%plb submit\nfrom os import *", "cannot run as a task"),
-    ("%plb map double", "expected a function and an iterable"),
-    ("%plb map double 42", "not an iterable"),
-    ("%plb map arr range(3)", "not a function"),
-    ("%plb map double range(3) --chunksize 0", "--chunksize must be at least 1"),
-    ("%plb result t_never_submitted", "unknown task"),
-    ("%plb wait t_never_submitted", "unknown task"),
-    ("%plb cancel", "the following arguments are required"),
-    ("%plb help nope", "unknown subcommand 'nope'"),
-    ("%plb status now", "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("%plb bogus", "unknown subcommand 'bogus'"),
+        ("%plb submit double(", "syntax error"),
+        ("%plb submit missing_function(1)", "name 'missing_function' is not defined"),
+        ("%plb submit double(missing_argument)", "name 'missing_argument' is not defined"),
+        ("%plb submit double", "expected a call"),
+        ("%plb submit arr.size()", "not a function"),
+        ("%plb submit inverse(1 / 0)", "ZeroDivisionError"),
+        ("%plb submit", "needs a call"),
+        ("%plb submit -p high double(1)", "invalid float value"),
+        ("%plb submit --nope double(1)", "unrecognized arguments"),
+        ("%plb submit double('unclosed)", "syntax error"),
+        ("%%plb status\nx = 1", "does not take a cell"),
+        ("%%plb submit double(1)\nx = 1", "takes only options"),
+        ("%%plb submit\nundefined_name + 1", "name 'undefined_name' is not defined"),
+        ("%%plb submit\nif True\n    x = 1", "syntax error in the cell, line 1"),
+        ("%%plb submit\n# only a comment", "the cell is empty"),
+        ("%%plb submit\nfrom os import *", "cannot run as a task"),
+        ("%plb map double", "expected a function and an iterable"),
+        ("%plb map double 42", "not an iterable"),
+        ("%plb map arr range(3)", "not a function"),
+        ("%plb map double range(3) --chunksize 0", "--chunksize must be at least 1"),
+        ("%plb result t_never_submitted", "unknown task"),
+        ("%plb wait t_never_submitted", "unknown task"),
+        ("%plb cancel", "the following arguments are required"),
+        ("%plb help nope", "unknown subcommand 'nope'"),
+        ("%plb status now", "unrecognized arguments"),
+    ],
+)
 def test_bad_input_is_one_usage_error_line(
     ip: Any, code: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert message in usage_error(ip, code, capsys)
 
 
-# -- %plb map ----------------------------------------------------------------------------------------------
-def test_map_returns_the_results_with_a_text_progress_bar(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+# -- %plb map --------------------------------------------------------------------------------------
+def test_map_returns_the_results_with_a_text_progress_bar(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert run(ip, "squares = %plb map double range(30) --chunksize 4") is None
     assert ip.user_ns["squares"] == [2 * i for i in range(30)]
@@ -312,7 +345,9 @@ def test_map_async_returns_futures_and_stores_them(ip: Any) -> None:
     assert [f.result(30) for f in futures] == [3 * i for i in range(10)]
 
 
-def test_map_failure_shows_the_remote_traceback(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_map_failure_shows_the_remote_traceback(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     result = ip.run_cell("%plb map inverse [1, 0, 2]")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
@@ -325,7 +360,7 @@ def test_empty_map(ip: Any) -> None:
     assert run(ip, "%plb map double []") == []
 
 
-# -- status, hubs, result, wait, cancel --------------------------------------------------------------------
+# -- status, hubs, result, wait, cancel ------------------------------------------------------------
 def test_status_and_hubs_reports(ip: Any) -> None:
     run(ip, "%plb submit double(1)").result(30)
     status = run(ip, "%plb status")
@@ -336,7 +371,9 @@ def test_status_and_hubs_reports(ip: Any) -> None:
     assert len(hubs.data) == 1 and "magics-hub" in hubs._repr_html_()
 
 
-def test_result_prints_the_output_and_returns_the_value(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_result_prints_the_output_and_returns_the_value(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(ip, "f1 = %plb submit shout('one')")
     fut = ip.user_ns["f1"]
     capsys.readouterr()
@@ -347,7 +384,9 @@ def test_result_prints_the_output_and_returns_the_value(ip: Any, capsys: pytest.
     assert run(ip, "%plb result f1") == "ONE"
 
 
-def test_result_of_a_failed_task_shows_its_remote_traceback(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_result_of_a_failed_task_shows_its_remote_traceback(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(ip, "%plb submit inverse(0)")
     capsys.readouterr()
     result = ip.run_cell("%plb result")
@@ -362,16 +401,24 @@ def test_result_of_a_task_another_client_sent(ip: Any, other_client: Client) -> 
     assert run(ip, f"%plb result {fut.task_id}") == 4
 
 
-def test_result_and_wait_time_out_with_one_line(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_result_and_wait_time_out_with_one_line(
+    ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(ip, "sleeper = %plb submit nap(30)")
     assert "still" in usage_error(ip, "%plb result --timeout 0.1 sleeper", capsys)
-    assert "1 of 1 task(s) still unfinished after 0.1 s" in usage_error(ip, "%plb wait --timeout 0.1", capsys)
+    assert "1 of 1 task(s) still unfinished after 0.1 s" in usage_error(
+        ip, "%plb wait --timeout 0.1", capsys
+    )
     run(ip, "%plb cancel sleeper")
     assert ip.user_ns["sleeper"].cancelled()
 
 
 def test_wait_prints_outputs_and_failures(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    run(ip, "a = %plb submit shout('x')\nb = %plb submit inverse(0)\nc = %plb map --async double range(3)")
+    run(
+        ip,
+        "a = %plb submit shout('x')\nb = %plb submit inverse(0)\n"
+        "c = %plb map --async double range(3)",
+    )
     capsys.readouterr()
     run(ip, "%plb wait a b c")
     captured = capsys.readouterr()
@@ -403,7 +450,7 @@ def test_cancel_by_id_by_variable_and_all(
     assert capsys.readouterr().out == "no unfinished task to cancel\n"
 
 
-# -- dashboard and help ----------------------------------------------------------------------------------
+# -- dashboard and help ----------------------------------------------------------------------------
 def test_dashboard_needs_a_kernel(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs a Jupyter kernel" in usage_error(ip, "%plb dashboard", capsys)
 
@@ -436,4 +483,7 @@ def test_the_connection_file_comes_from_the_environment(ip: Any, balancer: Path)
     assert os.environ["PLB_CONNECTION_FILE"] == str(balancer)
     run(ip, "%plb connect")
     assert magics_of(ip).connection_file is None
-    assert magics_of(ip).client.connection_info.client_port == json.loads(balancer.read_text())["client_port"]
+    assert (
+        magics_of(ip).client.connection_info.client_port
+        == json.loads(balancer.read_text())["client_port"]
+    )

@@ -25,10 +25,14 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def execute(path: Path, workdir: Path, connection_file: Path) -> Any:
     copy = shutil.copy(path, workdir / path.name)
     nb = nbformat.read(copy, as_version=4)
-    env = {**os.environ, "PLB_CONNECTION_FILE": str(connection_file),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    client = NotebookClient(nb, timeout=60, kernel_name="python3",
-                            resources={"metadata": {"path": str(workdir)}})
+    env = {
+        **os.environ,
+        "PLB_CONNECTION_FILE": str(connection_file),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
     client.execute(env=env)
     return nb
 
@@ -39,16 +43,24 @@ def widget_values(nb: Any, model: str) -> list[Any]:
 
 
 def test_there_are_the_three_notebooks() -> None:
-    assert [p.name for p in NOTEBOOKS] == ["dashboard.ipynb", "quickstart.ipynb", "users-and-priorities.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "dashboard.ipynb",
+        "quickstart.ipynb",
+        "users-and-priorities.ipynb",
+    ]
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, ready_client: Client, connection_file: Path, tmp_path: Path) -> None:
+def test_notebook_runs(
+    path: Path, ready_client: Client, connection_file: Path, tmp_path: Path
+) -> None:
     nb = execute(path, tmp_path, connection_file)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    text = "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
     if path.name == "quickstart.ipynb":
         assert "'Hello John Doe !'" in text and "WORKER GOT TASK John Doe" in text
         assert "Bonjour Marie !" in text and "328350" in text

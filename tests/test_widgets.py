@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -67,8 +68,11 @@ def plb(balancer: Path) -> Iterator[Client]:
 
 def widget_texts(widget: ipywidgets.Widget) -> list[str]:
     """Every string a widget tree shows: HTML values, descriptions, tooltips, placeholders."""
-    texts = [v for n in ("value", "description", "tooltip", "placeholder")
-             if isinstance(v := getattr(widget, n, None), str)]
+    texts = [
+        v
+        for n in ("value", "description", "tooltip", "placeholder")
+        if isinstance(v := getattr(widget, n, None), str)
+    ]
     for child in getattr(widget, "children", ()):
         texts.extend(widget_texts(child))
     return texts
@@ -79,8 +83,14 @@ class Recorder(BaseComm):
 
     sent: list[dict[str, Any]] = []
 
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
-                    **keys: Any) -> None:
+    def publish_msg(
+        self,
+        msg_type: str,
+        data: Any = None,
+        metadata: Any = None,
+        buffers: Any = None,
+        **keys: Any,
+    ) -> None:
         if msg_type == "comm_msg":
             Recorder.sent.append(data)
 
@@ -92,7 +102,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return Recorder.sent
 
 
-# -- the future card ---------------------------------------------------------------------------------
+# -- the future card -------------------------------------------------------------------------------
 def test_a_done_future_shows_state_place_time_and_output(plb: Client) -> None:
     fut = plb.submit(chatty, PAYLOAD)
     assert fut.result(30) == PAYLOAD
@@ -111,7 +121,9 @@ def test_a_failed_future_shows_the_remote_traceback(plb: Client) -> None:
     assert "ZeroDivisionError: division by zero" in card and "in inverse" in card
 
 
-def test_print_output_writes_the_task_streams(plb: Client, capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_output_writes_the_task_streams(
+    plb: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
     fut = plb.submit(chatty, "x")
     fut.result(30)
     display.print_output(fut)
@@ -127,14 +139,16 @@ def test_show_future_follows_a_running_future(plb: Client, monkeypatch: pytest.M
     assert "text/html" in shown[0] and shown[0]["text/plain"] == repr(fut)
     view = next(v for f, v in widgets._live_futures._views if f is fut)
     fut.result(30)
-    wait_for(lambda: "done" in view.value and "on worker_" in view.value, what="the view to show done")
+    wait_for(
+        lambda: "done" in view.value and "on worker_" in view.value, what="the view to show done"
+    )
     done = plb.submit(nap, 0)
     done.result(30)
     widgets.show_future(done)
     assert "application/vnd.jupyter.widget-view+json" not in shown[1]
 
 
-# -- batches -----------------------------------------------------------------------------------------------
+# -- batches ---------------------------------------------------------------------------------------
 def test_batch_counter_counts_as_futures_settle(plb: Client) -> None:
     futures = [plb.submit(inverse, x) for x in (1, 0, 2)]
     counter = display.BatchCounter(futures)
@@ -179,7 +193,7 @@ def test_live_progress_feeds_a_widget_from_one_thread(plb: Client) -> None:
     live.join(30)
     assert (view.bar.value, view.bar.max, view.bar.bar_style) == (8, 8, "success")
     assert "8/8 · done 8 · failed 0" in view.numbers.value and "took" in view.numbers.value
-    assert all(b - a >= 0.99 for a, b in zip(asked, asked[1:], strict=False))  # at most once a second
+    assert all(b - a >= 0.99 for a, b in itertools.pairwise(asked))  # at most once a second
     counter_failed = display.BatchCounter([plb.submit(inverse, 0)])
     display.LiveProgress(counter_failed, view, refresh=20).start().join(30)
     assert view.bar.bar_style == "danger"
@@ -187,8 +201,17 @@ def test_live_progress_feeds_a_widget_from_one_thread(plb: Client) -> None:
 
 def test_batch_progress_shows_the_output_tail_while_running() -> None:
     view = widgets.BatchProgress(PAYLOAD)
-    counts = {"total": 4, "done": 1, "failed": 0, "cancelled": 0, "running": 1, "queued": 2,
-              "rate": 2.0, "eta": 1.5, "elapsed": 0.5}
+    counts = {
+        "total": 4,
+        "done": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "running": 1,
+        "queued": 2,
+        "rate": 2.0,
+        "eta": 1.5,
+        "elapsed": 0.5,
+    }
     view.show(counts, [PAYLOAD, "line 2"], final=False)
     assert "ETA 1.5 s" in view.numbers.value and "running 1 · queued 2" in view.numbers.value
     assert display.esc(PAYLOAD) in view.output.value and "<img" not in "".join(widget_texts(view))
@@ -198,12 +221,16 @@ def test_update_sends_changed_traits_as_one_message(recorded: list[dict[str, Any
     bar = ipywidgets.IntProgress()
     recorded.clear()
     widgets._update(bar, max=10, value=5, bar_style="danger")
-    assert len(recorded) == 1 and recorded[0]["state"] == {"max": 10, "value": 5, "bar_style": "danger"}
+    assert len(recorded) == 1 and recorded[0]["state"] == {
+        "max": 10,
+        "value": 5,
+        "bar_style": "danger",
+    }
     widgets._update(bar, max=10, value=5)
     assert len(recorded) == 1
 
 
-# -- the dashboard ---------------------------------------------------------------------------------------
+# -- the dashboard ---------------------------------------------------------------------------------
 @pytest.fixture
 def dashboard(plb: Client) -> Iterator[widgets.Dashboard]:
     dash = widgets.Dashboard(plb, refresh=0.1)
@@ -211,7 +238,9 @@ def dashboard(plb: Client) -> Iterator[widgets.Dashboard]:
     dash.close()
 
 
-def test_dashboard_shows_hubs_workers_users_and_throughput(plb: Client, dashboard: widgets.Dashboard) -> None:
+def test_dashboard_shows_hubs_workers_users_and_throughput(
+    plb: Client, dashboard: widgets.Dashboard
+) -> None:
     plb.submit(nap, 0).result(30)
     wait_for(lambda: "tester" in "".join(widget_texts(dashboard.users)), what="the user row")
     assert "worker_" in dashboard.hubs.value and "any" in dashboard.hubs.value
@@ -234,7 +263,9 @@ def test_dashboard_keeps_updating_while_the_main_thread_blocks(
     assert 2 in busy
 
 
-def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(plb: Client, dashboard: widgets.Dashboard) -> None:
+def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(
+    plb: Client, dashboard: widgets.Dashboard
+) -> None:
     def evil() -> None:
         raise ValueError(PAYLOAD)
 
@@ -243,8 +274,13 @@ def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(plb: Client, d
         plb.options(user=PAYLOAD).submit(evil).result(30)
     stuck = plb.options(user=PAYLOAD, priority=1e12).submit(nap, 0)
     escaped = display.esc(PAYLOAD)
-    wait_for(lambda: escaped in dashboard.failures.value and escaped in "".join(widget_texts(dashboard.users)),
-             what="the failure and the user row")
+    wait_for(
+        lambda: (
+            escaped in dashboard.failures.value
+            and escaped in "".join(widget_texts(dashboard.users))
+        ),
+        what="the failure and the user row",
+    )
     assert "<img" not in "".join(widget_texts(dashboard))
     assert escaped in dashboard.hubs.value  # hub name
     assert dashboard.failures.value.count(escaped) >= 3  # task name, user, error
@@ -258,8 +294,10 @@ def test_dashboard_cancels_a_users_queued_tasks(plb: Client, dashboard: widgets.
     dashboard._rows["carol"].cancel.click()
     done, _ = concurrent.futures.wait(futures, timeout=30)
     assert len(done) == 5 and all(f.cancelled() for f in futures)
-    wait_for(lambda: "cancelled 5 queued task(s) of <b>carol</b>" in dashboard.message.value,
-             what="the message")
+    wait_for(
+        lambda: "cancelled 5 queued task(s) of <b>carol</b>" in dashboard.message.value,
+        what="the message",
+    )
 
 
 def test_dashboard_cancels_a_task_by_id(plb: Client, dashboard: widgets.Dashboard) -> None:
@@ -268,10 +306,15 @@ def test_dashboard_cancels_a_task_by_id(plb: Client, dashboard: widgets.Dashboar
     dashboard.cancel_task.click()
     concurrent.futures.wait([stuck], timeout=30)
     assert stuck.cancelled()
-    wait_for(lambda: f"cancelled task <code>{stuck.task_id}</code>" in dashboard.message.value, what="message")
+    wait_for(
+        lambda: f"cancelled task <code>{stuck.task_id}</code>" in dashboard.message.value,
+        what="message",
+    )
     dashboard.task_id.value = stuck.task_id
     dashboard.cancel_task.click()
-    wait_for(lambda: "not cancelled: it is already cancelled" in dashboard.message.value, what="message")
+    wait_for(
+        lambda: "not cancelled: it is already cancelled" in dashboard.message.value, what="message"
+    )
     dashboard.task_id.value = "t_unknown"
     dashboard.cancel_task.click()
     wait_for(lambda: "the balancer does not know it" in dashboard.message.value, what="message")
@@ -288,7 +331,9 @@ def test_dashboard_stops_when_closed(plb: Client) -> None:
     assert not plb._connection.closed  # the client was the caller's
 
 
-def test_dashboard_owns_the_client_it_opened(balancer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dashboard_owns_the_client_it_opened(
+    balancer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PLB_CONNECTION_FILE", str(balancer))
     dash = widgets.Dashboard(refresh=0.1)
     wait_for(lambda: dash.refreshed >= 1, what="a first refresh")
@@ -296,7 +341,9 @@ def test_dashboard_owns_the_client_it_opened(balancer: Path, monkeypatch: pytest
     assert dash.client._connection.closed
 
 
-def test_dashboard_sends_nothing_when_nothing_changed(plb: Client, recorded: list[dict[str, Any]]) -> None:
+def test_dashboard_sends_nothing_when_nothing_changed(
+    plb: Client, recorded: list[dict[str, Any]]
+) -> None:
     dash = widgets.Dashboard(plb, refresh=60)
     try:
         wait_for(lambda: dash.refreshed >= 1, what="a first refresh")

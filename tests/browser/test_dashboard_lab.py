@@ -1,4 +1,4 @@
-"""JupyterLab in a real browser: run dashboard.ipynb and watch the Dashboard move while a cell is busy.
+"""JupyterLab in a real browser: run dashboard.ipynb, watch the Dashboard move while a cell is busy.
 
 The balancer is a LocalCluster of the test; JupyterLab is told where it is through
 ``PLB_CONNECTION_FILE`` and runs with the jupyter_plb server extension off, so the kernel uses
@@ -25,7 +25,6 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.launch import stop_process
-
 from tests.conftest import ROOT, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -72,25 +71,53 @@ def lab(ready_client: Client, connection_file: Path, tmp_path: Path) -> Iterator
         **os.environ,
         "PLB_CONNECTION_FILE": str(connection_file),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **{name: str(tmp_path / name.lower()) for name in (
-            "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")},
+        **{
+            name: str(tmp_path / name.lower())
+            for name in (
+                "JUPYTER_CONFIG_DIR",
+                "JUPYTER_RUNTIME_DIR",
+                "JUPYTERLAB_SETTINGS_DIR",
+                "JUPYTERLAB_WORKSPACES_DIR",
+            )
+        },
     }
-    # every cell in the DOM (no windowing), so the test can see which one is running
-    tracker = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
-    tracker.mkdir(parents=True)
-    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    # every cell in the DOM (no windowing) so the test sees which one runs; no news toast
+    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab"
+    for plugin, values in (
+        ("notebook-extension/tracker", {"windowingMode": "none"}),
+        ("apputils-extension/notification", {"fetchNews": "false"}),
+    ):
+        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
+        (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
     log = (tmp_path / "lab.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--ServerApp.jpserver_extensions=jupyter_plb=False", "--LabApp.news_url=None",
-         "--LabApp.expose_app_in_browser=True"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--allow-root",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.jpserver_extensions=jupyter_plb=False",
+            "--LabApp.news_url=None",
+            "--LabApp.expose_app_in_browser=True",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{base}/api/status?token={token}") or server.poll() is not None,
-                 timeout=90, what="JupyterLab to answer")
+        wait_for(
+            lambda: answers(f"{base}/api/status?token={token}") or server.poll() is not None,
+            timeout=90,
+            what="JupyterLab to answer",
+        )
         assert server.poll() is None, (tmp_path / "lab.log").read_text()
         yield base, token
     finally:
@@ -105,7 +132,7 @@ def test_dashboard_moves_while_another_cell_is_busy(lab: tuple[str, str], page: 
     page.goto(f"{base}/lab/tree/dashboard.ipynb?reset&token={token}")
     page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
     page.wait_for_selector("text=| Idle", timeout=90_000)
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     page.wait_for_selector(".plb-dashboard .plb-totals", timeout=60_000)
 
     # The 4th code cell is `%plb wait all`: sample the dashboard while it is the busy one.
@@ -114,8 +141,10 @@ def test_dashboard_moves_while_another_cell_is_busy(lab: tuple[str, str], page: 
     while state["busy"] != -1 and len(samples) < 200:
         state = page.wait_for_function(
             f"(prev) => {{ const s = ({READ_STATE})(); "
-            "return (s.done !== prev.done || s.running !== prev.running || s.busy !== prev.busy) && s; }",
-            arg=state, timeout=60_000,
+            "const moved = ['done', 'running', 'busy'].some((k) => s[k] !== prev[k]);"
+            "return moved && s; }",
+            arg=state,
+            timeout=60_000,
         ).json_value()
         samples.append(state)
         if state["busy"] == 3 and len({s["done"] for s in samples if s["busy"] == 3}) == 4:

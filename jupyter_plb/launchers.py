@@ -1,0 +1,532 @@
+"""Start hubs where the cores are: over SSH, or as Slurm and PBS batch jobs.
+
+Every launcher runs the same thing on the far side, ``plb hub --connect FILE``: a hub dials out to
+the balancer's one worker port, registers, heartbeats, and drains on SIGTERM. So a hub started by
+hand, by ``plb ssh`` or by a batch job behaves the same, and the monitor tells them apart by name
+and host.
+
+* :class:`SSHLauncher` copies the connection file to each host (``scp``, mode 0600), starts one hub
+  per host over ``ssh`` and stops them by closing their standard input (the hub drains, then
+  exits); ``plb ssh HOST…`` runs it in the foreground until Ctrl-C.
+* :func:`slurm_script` and :func:`pbs_script` write a job script that starts one hub per node;
+  :func:`submit` hands it to ``sbatch`` or ``qsub`` and returns the job id.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import connection
+from .errors import PlbError
+
+log = logging.getLogger(__name__)
+
+#: How ``plb`` is run on the far side unless told otherwise.
+DEFAULT_PLB = "plb"
+#: Where ``plb ssh`` puts the connection file on a host, relative to the remote home directory.
+REMOTE_DIR = ".plb"
+#: Lines of each remote hub's output kept to explain a failure.
+KEEP_LINES = 20
+#: ssh's own exit status for "could not connect or authenticate".
+SSH_FAILED = 255
+
+
+class LaunchError(PlbError):
+    """A launcher could not start (or submit) hubs; the message says where and why."""
+
+
+@dataclass(slots=True)
+class HubOptions:
+    """The ``plb hub`` options a launcher passes on to every hub it starts."""
+
+    workers: int | None = None
+    tasks: Sequence[str] = ()
+    grace: float | None = None
+    memory_limit: str | None = None
+    max_tasks_per_worker: int | None = None
+
+    def arguments(self) -> list[str]:
+        args: list[str] = []
+        if self.workers is not None:
+            args += ["--workers", str(self.workers)]
+        for spec in self.tasks:
+            args += ["--tasks", spec]
+        if self.grace is not None:
+            args += ["--grace", f"{self.grace:g}"]
+        if self.memory_limit:
+            args += ["--memory-limit", str(self.memory_limit)]
+        if self.max_tasks_per_worker:
+            args += ["--max-tasks-per-worker", str(self.max_tasks_per_worker)]
+        return args
+
+
+def loopback_warning(info: connection.ConnectionInfo, where: str) -> str | None:
+    """A sentence when the connection file names an address other machines cannot reach."""
+    try:
+        loopback = ipaddress.ip_address(info.address).is_loopback
+    except ValueError:
+        loopback = info.address == "localhost"
+    if not loopback:
+        return None
+    return (
+        f"the connection file gives the balancer's address as {info.address}, which {where} "
+        "cannot reach: start the balancer with `plb start --advertise HOST` (parameter LB_IP, "
+        "with LB_BIND_IP for the interface it listens on)"
+    )
+
+
+def _local_host(host: str) -> bool:
+    return host.rpartition("@")[2] in ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+# -- SSH -------------------------------------------------------------------------------------------
+@dataclass(slots=True, eq=False)
+class RemoteHub:
+    """One ``plb hub`` started over ssh, and the last lines it printed."""
+
+    host: str
+    name: str
+    remote_path: str
+    process: subprocess.Popen[bytes] | None = None
+    lines: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP_LINES)
+    )
+    reader: threading.Thread | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def explain(self, code: int) -> str:
+        """Why this hub's ssh session ended, in a sentence, with its last lines."""
+        if code == 0:
+            return f"hub {self.name} on {self.host} stopped"
+        if code == SSH_FAILED:
+            what = (f"ssh could not connect to {self.host} or log in (exit {code}): check the host "
+                    "name, the user, the key (BatchMode is on: no password prompts)")
+        elif code == 127:
+            what = (f"`plb` was not found on {self.host} (exit 127): install jupyter_plb there, or "
+                    "pass --remote-command with the full path of its plb")
+        elif code == 2:
+            what = f"plb hub on {self.host} refused to start (exit 2)"
+        else:
+            what = f"hub {self.name} on {self.host} ended with exit status {code}"
+        tail = "\n".join(f"    {line}" for line in self.lines)
+        return f"{what}\n  last output:\n{tail}" if tail else what
+
+
+class SSHLauncher:
+    """Start one hub per host over OpenSSH; stop them all on :meth:`stop` (or leaving a ``with``).
+
+    ``ssh_options`` are passed to both ``ssh`` and ``scp`` (``-o Port=2222``, ``-F FILE``,
+    ``-i KEY``…); ``BatchMode=yes`` is always added, so a missing key fails instead of prompting.
+    ``remote_command`` is how to run ``plb`` there (a shell fragment, e.g. ``~/venv/bin/plb``).
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[str],
+        connection_file: str | Path,
+        options: HubOptions | None = None,
+        *,
+        ssh_options: Sequence[str] = (),
+        remote_command: str = DEFAULT_PLB,
+        names: Sequence[str] | None = None,
+        ssh: str = "ssh",
+        scp: str = "scp",
+        out: IO[str] | None = None,
+    ) -> None:
+        if not hosts:
+            raise LaunchError("name at least one host to start hubs on")
+        self.connection_file = Path(connection_file).expanduser().resolve()
+        self.info = connection.read(self.connection_file)
+        self.options = options or HubOptions()
+        self.ssh_options = ["-o", "BatchMode=yes", *ssh_options]
+        self.remote_command = remote_command
+        self.ssh = shutil.which(ssh) or ssh
+        self.scp = shutil.which(scp) or scp
+        self.out = out or sys.stdout
+        self._lock = threading.Lock()
+        self.token = secrets.token_hex(6)
+        seen: collections.Counter[str] = collections.Counter()
+        self.hubs: list[RemoteHub] = []
+        for index, host in enumerate(hosts):
+            base = names[index] if names else host.rpartition("@")[2]
+            seen[base] += 1
+            name = base if seen[base] == 1 else f"{base}-{seen[base]}"
+            path = f"{REMOTE_DIR}/plb-connection-{self.token}-{index}.json"
+            self.hubs.append(RemoteHub(host, name, path))
+
+    # -- running ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Copy the connection file to every host, then start every hub; raise if any cannot."""
+        for tool in (self.ssh, self.scp):
+            if shutil.which(tool) is None:
+                raise LaunchError(f"`{tool}` is not installed here: install OpenSSH's client")
+        remote = [h.host for h in self.hubs if not _local_host(h.host)]
+        warning = loopback_warning(self.info, ", ".join(remote)) if remote else None
+        if warning:
+            self._print(f"plb ssh: warning: {warning}")
+        try:
+            for hub in self.hubs:
+                self._copy(hub)
+                self._launch(hub)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    def _ssh(self, host: str, command: str) -> list[str]:
+        return [self.ssh, *self.ssh_options, host, command]
+
+    def _copy(self, hub: RemoteHub) -> None:
+        """``scp`` the connection file to a private file on the host (directory 0700, file 0600)."""
+        steps = [
+            self._ssh(hub.host, f"umask 077 && mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}"),
+            [self.scp, "-q", *self.ssh_options, str(self.connection_file),
+             f"{hub.host}:{hub.remote_path}"],
+            self._ssh(hub.host, f"chmod 600 {shlex.quote(hub.remote_path)}"),
+        ]
+        for command in steps:
+            try:
+                done = subprocess.run(
+                    command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+                )
+            except subprocess.TimeoutExpired:
+                raise LaunchError(
+                    f"copying the connection file to {hub.host} took over 60 s "
+                    f"({shlex.join(command[:1])} did not finish): is the host reachable?"
+                ) from None
+            if done.returncode != 0:
+                detail = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+                raise LaunchError(
+                    f"cannot copy the connection file to {hub.host} "
+                    f"({os.path.basename(command[0])} failed: {detail})"
+                )
+
+    def remote_hub_command(self, hub: RemoteHub) -> str:
+        """The shell command run on ``hub.host``."""
+        args = [
+            "hub", "--connect", hub.remote_path, "--name", hub.name, "--exit-with-stdin",
+            *self.options.arguments(),
+        ]
+        return f"exec {self.remote_command} {shlex.join(args)}"
+
+    def _launch(self, hub: RemoteHub) -> None:
+        hub.process = subprocess.Popen(
+            self._ssh(hub.host, self.remote_hub_command(hub)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches plb ssh, which then drains the hubs
+        )
+        hub.reader = threading.Thread(target=self._relay, args=(hub,), daemon=True,
+                                      name=f"ssh-{hub.name}")
+        hub.reader.start()
+        self._print(f"plb ssh: starting hub {hub.name} on {hub.host}")
+
+    def _relay(self, hub: RemoteHub) -> None:
+        """Print the hub's output with its name in front; keep its last lines for errors."""
+        assert hub.process is not None and hub.process.stdout is not None
+        for raw in hub.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            hub.lines.append(line)
+            self._print(f"[{hub.name}] {line}")
+
+    def _print(self, text: str) -> None:
+        with self._lock, contextlib.suppress(ValueError, OSError):
+            print(text, file=self.out, flush=True)
+
+    def wait_registered(self, timeout: float = 60.0) -> list[str]:
+        """Wait until every hub shows up at the balancer; return the names of those that did not.
+
+        A hub whose ssh session ended is reported at once (with its last output) rather than waited
+        for. Needs the balancer's client port to be reachable from here.
+        """
+        from .client import Client
+
+        deadline = time.monotonic() + timeout
+        waiting = list(self.hubs)
+        ended: list[RemoteHub] = []
+        pause = threading.Event()
+        with Client(connection_file=self.connection_file, user="plb-ssh") as client:
+            while waiting and time.monotonic() < deadline:
+                seen = {h["name"] for h in client.status()["hubs"] if h["state"] != "lost"}
+                for hub in list(waiting):
+                    if hub.name in seen:
+                        self._print(f"plb ssh: hub {hub.name} on {hub.host} registered")
+                        waiting.remove(hub)
+                    elif (code := hub.returncode) is not None:
+                        self._finish(hub)
+                        self._print(f"plb ssh: error: {hub.explain(code)}")
+                        waiting.remove(hub)
+                        ended.append(hub)
+                if waiting:
+                    pause.wait(0.2)
+        for hub in waiting:
+            self._print(
+                f"plb ssh: warning: hub {hub.name} on {hub.host} runs but has not registered "
+                f"with the balancer at {self.info.worker_url} within {timeout:g} s: can "
+                f"{hub.host} reach that address and port (firewall, --advertise)?"
+            )
+        return [hub.name for hub in ended + waiting]
+
+    def _finish(self, hub: RemoteHub) -> None:
+        if hub.reader is not None:
+            hub.reader.join(5)
+
+    def wait(self) -> int:
+        """Block until every hub's session ended; print why each ended; return how many failed."""
+        failures = 0
+        for hub in self.hubs:
+            if hub.process is None:
+                continue
+            code = hub.process.wait()
+            self._finish(hub)
+            if code:
+                failures += 1
+                self._print(f"plb ssh: error: {hub.explain(code)}")
+            else:
+                self._print(f"plb ssh: {hub.explain(code)}")
+        return failures
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain every hub (close its standard input), wait, end what is left, remove the copies.
+
+        ``timeout`` defaults to the hubs' grace period plus 15 s.
+        """
+        if timeout is None:
+            grace = self.options.grace if self.options.grace is not None else 30.0
+            timeout = grace + 15.0
+        running = [h for h in self.hubs if h.process is not None and h.process.poll() is None]
+        for hub in running:
+            assert hub.process is not None
+            if hub.process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    hub.process.stdin.close()
+        deadline = time.monotonic() + timeout
+        for hub in running:
+            assert hub.process is not None
+            try:
+                hub.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._print(f"plb ssh: hub {hub.name} on {hub.host} did not stop in {timeout:g} s; "
+                            "closing its ssh session")
+                _end(hub.process)
+            self._finish(hub)
+        for hub in self.hubs:
+            if hub.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    subprocess.run(
+                        self._ssh(hub.host, f"rm -f {shlex.quote(hub.remote_path)}"),
+                        stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
+                    )
+
+    def __enter__(self) -> SSHLauncher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _end(process: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+
+
+# -- batch schedulers ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class BatchJob:
+    """What a batch job of hubs needs: its shape, its limits, and the hubs' options."""
+
+    connection_file: Path
+    nodes: int = 1
+    workers_per_node: int = 1
+    time: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    job_name: str = "plb-hubs"
+    plb_command: str = DEFAULT_PLB
+    options: HubOptions = field(default_factory=HubOptions)
+    directives: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        self.connection_file = Path(self.connection_file).expanduser().resolve()
+        if self.nodes < 1 or self.workers_per_node < 1:
+            raise LaunchError("--nodes and --workers-per-node must be at least 1")
+        if self.time is not None and not re.fullmatch(r"[0-9:-]+", self.time):
+            raise LaunchError(f"--time must look like 1:00:00 or 2-00:00:00, got {self.time!r}")
+        named = ((self.queue, "queue"), (self.account, "account"), (self.job_name, "job name"))
+        for value, what in named:
+            if value is not None and not re.fullmatch(r"[\w.@+-]+", value):
+                raise LaunchError(f"the {what} {value!r} has characters a job script cannot take")
+
+    def hub_command(self, name: str) -> str:
+        """The per-node ``plb hub`` command; ``name`` may hold shell variables (double-quoted)."""
+        options = HubOptions(
+            workers=self.workers_per_node,
+            tasks=self.options.tasks,
+            grace=self.options.grace,
+            memory_limit=self.options.memory_limit,
+            max_tasks_per_worker=self.options.max_tasks_per_worker,
+        )
+        args = shlex.join(["hub", "--connect", str(self.connection_file), *options.arguments()])
+        return f'exec {self.plb_command} {args} --name "{name}"'
+
+    @property
+    def grace(self) -> float:
+        return self.options.grace if self.options.grace is not None else 30.0
+
+    def preamble(self) -> list[str]:
+        path = shlex.quote(str(self.connection_file))
+        return [
+            "set -eu",
+            f"if [ ! -r {path} ]; then",
+            f'    echo "plb: {self.connection_file} is not readable on $(hostname): put the '
+            'connection file on a filesystem the nodes share (it must stay mode 0600)" >&2',
+            "    exit 1",
+            "fi",
+        ]
+
+
+def _header(job: BatchJob, scheduler: str) -> list[str]:
+    info = connection.read(job.connection_file)
+    lines = [
+        "#!/bin/bash",
+        f"# jupyter_plb: one `plb hub` with {job.workers_per_node} worker(s) on each of "
+        f"{job.nodes} node(s), for the balancer at {info.worker_url}.",
+        f"# Written by `plb {scheduler}`; the hubs drain on SIGTERM (grace {job.grace:g} s).",
+    ]
+    warning = loopback_warning(info, "the compute nodes")
+    if warning:
+        lines.append(f"# WARNING: {warning}.")
+    return lines
+
+
+def slurm_script(job: BatchJob) -> str:
+    """An ``sbatch`` script: one task per node, each a hub with ``workers_per_node`` workers.
+
+    Slurm sends SIGTERM to the job steps ``grace + 30`` seconds before the time limit, so the hubs
+    drain (finish running tasks, hand back the rest) before the job is killed.
+    """
+    directives = [
+        f"--job-name={job.job_name}",
+        f"--nodes={job.nodes}",
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={job.workers_per_node}",
+        f"--output={job.job_name}-%j.out",
+        f"--signal=TERM@{int(job.grace) + 30}",
+    ]
+    if job.time:
+        directives.append(f"--time={job.time}")
+    if job.queue:
+        directives.append(f"--partition={job.queue}")
+    if job.account:
+        directives.append(f"--account={job.account}")
+    directives += list(job.directives)
+    inner = job.hub_command("slurm-${SLURM_JOB_ID}-${SLURMD_NODENAME}")
+    lines = [
+        *_header(job, "slurm"),
+        *(f"#SBATCH {d}" for d in directives),
+        "",
+        *job.preamble(),
+        "",
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=0 \\",
+        f"    bash -c {shlex.quote(inner)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def pbs_script(job: BatchJob, flavor: str = "pro") -> str:
+    """A ``qsub`` script: one hub per node. ``flavor``: ``pro`` (PBS Pro, OpenPBS) or ``torque``."""
+    if flavor not in ("pro", "torque"):
+        raise LaunchError(f"--flavor must be pro (PBS Pro, OpenPBS) or torque, got {flavor!r}")
+    directives = [f"-N {job.job_name}", "-j oe"]
+    if flavor == "pro":
+        directives += [f"-l select={job.nodes}:ncpus={job.workers_per_node}", "-l place=scatter"]
+    else:
+        directives.append(f"-l nodes={job.nodes}:ppn={job.workers_per_node}")
+    if job.time:
+        directives.append(f"-l walltime={job.time}")
+    if job.queue:
+        directives.append(f"-q {job.queue}")
+    if job.account:
+        directives.append(f"-A {job.account}")
+    directives += list(job.directives)
+    inner = job.hub_command("pbs-${PBS_JOBID%%.*}-$(hostname -s)")
+    if flavor == "pro":
+        start = [
+            'for node in $(sort -u "$PBS_NODEFILE"); do',
+            f"    pbs_tmrsh \"$node\" /bin/bash -c {shlex.quote(inner)} &",
+            "done",
+        ]
+    else:
+        start = [f"pbsdsh -u /bin/bash -c {shlex.quote(inner)} &"]
+    lines = [
+        *_header(job, "pbs"),
+        *(f"#PBS {d}" for d in directives),
+        "",
+        *job.preamble(),
+        "",
+        "# On qdel or at the walltime, PBS signals every task; pass SIGTERM on so the hubs drain.",
+        "trap 'kill -TERM $(jobs -p) 2>/dev/null; wait' TERM",
+        *start,
+        "wait",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def submit(script: str, command: Sequence[str]) -> str:
+    """Submit ``script`` on standard input with ``command`` (``sbatch``…); return the job id."""
+    tool = command[0]
+    if shutil.which(tool) is None:
+        raise LaunchError(
+            f"`{tool}` was not found on PATH: run this on the cluster's login node, or use "
+            "--dry-run to print the script and submit it yourself"
+        )
+    try:
+        done = subprocess.run(
+            list(command), input=script, capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"`{tool}` did not answer within 120 s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+        raise LaunchError(f"`{shlex.join(command)}` refused the job: {detail}")
+    output = done.stdout.strip()
+    match = re.search(r"(\d+(?:\.[\w.-]+)?)", output.split(";")[0]) if output else None
+    if match is None:
+        raise LaunchError(f"`{tool}` printed no job id: {output!r}")
+    return match.group(1)
+
+
+def submit_slurm(job: BatchJob, extra: Sequence[str] = ()) -> str:
+    return submit(slurm_script(job), ["sbatch", "--parsable", *extra])
+
+
+def submit_pbs(job: BatchJob, flavor: str = "pro", extra: Sequence[str] = ()) -> str:
+    return submit(pbs_script(job, flavor), ["qsub", *extra])

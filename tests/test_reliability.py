@@ -1,0 +1,196 @@
+"""No task lost: a journal across balancer crashes, lost hubs, stopped networks, crash loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_plb.client import Client
+from jupyter_plb.launch import start_local_hub, stop_process
+from jupyter_plb.store import SqliteStore, pack_buffers, unpack_buffers
+from jupyter_plb.tasks import Task, TaskState
+
+from .conftest import wait_for, worker_count
+
+
+def record_run(folder: str, key: int, seconds: float) -> int:
+    """Append this run to ``folder/key`` (to count executions), sleep, return key."""
+    with open(os.path.join(folder, str(key)), "a") as out:
+        out.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return key
+
+
+def crash(_: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+class BalancerProcess:
+    """``plb start`` in its own process, so the test can SIGKILL it and start it again."""
+
+    def __init__(self, folder: Path, **params: object) -> None:
+        self.folder = folder
+        self.connection_file = folder / "plb-connection.json"
+        self.params = folder / "parameters.json"
+        self.params.write_text(json.dumps({
+            "LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0,
+            "LB_HEARTBEAT_INTERVAL": 0.3, "HC_INTERVAL": 0.5, **params,
+        }))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        stamp = self.connection_file.stat().st_mtime_ns if self.connection_file.exists() else 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start", "-p", str(self.params),
+             "--connection-file", str(self.connection_file), "--no-monitor"],
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: self.connection_file.exists() and self.connection_file.stat().st_mtime_ns != stamp,
+            what="the balancer to write its connection file",
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+@pytest.fixture
+def balancer_process(tmp_path: Path) -> Iterator[Callable[..., BalancerProcess]]:
+    made: list[BalancerProcess] = []
+
+    def make(**params: object) -> BalancerProcess:
+        process = BalancerProcess(tmp_path, **params)
+        process.start()
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        process.stop()
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    assert unpack_buffers(pack_buffers([b"ab", memoryview(b""), b"xyz"])) == [b"ab", b"", b"xyz"]
+    store = SqliteStore(tmp_path / "j.sqlite")
+    queued = Task(id="t1", user="u", priority=1.5, name="f", route=None, seq=7, fn="abc",
+                  buffers=[b"args"], submitted=1.0)
+    done = Task(id="t2", user="u", priority=0, name="HELLO", route="HELLO", seq=8, payload={"a": 1})
+    store.function("abc", [b"fn"])
+    store.submitted(queued)
+    store.submitted(done)
+    done.state, done.result, done.result_buffers, done.ended = TaskState.DONE, {"stdout": "x"}, [b"r"], 2.0
+    store.finished(done)
+    store.close()
+    loaded = {s.task.id: s for s in SqliteStore(tmp_path / "j.sqlite").load()}
+    assert loaded["t1"].task.buffers == [b"args"] and loaded["t1"].fn_buffers == [b"fn"]
+    assert loaded["t1"].task.seq == 7 and loaded["t1"].task.priority == 1.5
+    assert loaded["t2"].task.state is TaskState.DONE and loaded["t2"].task.result_buffers == [b"r"]
+    assert loaded["t2"].task.payload == {"a": 1} and loaded["t2"].task.progress == 100
+    assert oct((tmp_path / "j.sqlite").stat().st_mode & 0o777) == "0o600"
+
+
+def test_balancer_killed_and_restarted_loses_nothing(balancer_process, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    lb = balancer_process()
+    hub = start_local_hub(lb.connection_file, 2, name="survivor")
+    try:
+        with Client(connection_file=lb.connection_file, user="journal") as client:
+            wait_for(lambda: worker_count(client) == 2, what="2 workers")
+            finished = client.submit(double, 21)
+            assert finished.result(timeout=20) == 42
+            slow = [client.submit(record_run, str(runs), i, 1.5) for i in range(2)]
+            queued = [client.submit(record_run, str(runs), i, 0.0) for i in range(2, 8)]
+            wait_for(lambda: all((runs / str(i)).exists() for i in range(2)), what="the slow tasks to start")
+            lb.kill()
+            lb.start()
+            assert sorted(f.result(timeout=40) for f in slow + queued) == list(range(8))
+            for i in range(8):
+                assert len((runs / str(i)).read_text().split()) == 1, f"task {i} ran more than once"
+            after = client.submit(double, 5)
+            assert after.result(timeout=20) == 10
+        with Client(connection_file=lb.connection_file) as other:
+            assert other.getTask(finished.task_id)["progress"] in (100, None)
+    finally:
+        stop_process(hub)
+
+
+def test_finished_results_survive_a_restart(balancer_process) -> None:
+    lb = balancer_process()
+    hub = start_local_hub(lb.connection_file, 1, name="results")
+    try:
+        with Client(connection_file=lb.connection_file) as client:
+            taskid = client.sendTask("NOPE", {"x": 1})["taskid"]
+            fut = client.submit(double, 4)
+            assert fut.result(timeout=20) == 8
+        lb.kill()
+        lb.start()
+        with Client(connection_file=lb.connection_file) as client:
+            assert client.getTask(taskid)["progress"] == 0, "still queued after the restart"
+            assert client.getTask(fut.task_id)["progress"] in (100, None)
+    finally:
+        stop_process(hub)
+
+
+def test_a_hub_that_stops_answering_has_its_tasks_requeued(make_cluster, connection_file: Path, start_hub, tmp_path: Path) -> None:
+    make_cluster(LB_PREFETCH=0)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with Client(connection_file=connection_file) as client:
+        frozen = start_hub(1, name="frozen")
+        wait_for(lambda: worker_count(client) == 1, what="the first hub")
+        fut = client.submit(record_run, str(runs), 1, 30.0)
+        wait_for(lambda: (runs / "1").exists(), what="the task to start on the first hub")
+        os.killpg(frozen.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            start_hub(1, name="healthy")
+            wait_for(lambda: len((runs / "1").read_text().split()) == 2, timeout=30, what="the task to run again")
+            assert time.monotonic() - started < 3 * 0.3 + 5
+            hubs = {h["name"]: h["state"] for h in client.hubs()}
+            assert hubs["frozen"] == "lost"
+            fut.cancel()
+        finally:
+            os.killpg(frozen.pid, signal.SIGCONT)
+
+
+def test_a_crash_looping_hub_is_marked_unhealthy(cluster, connection_file: Path, start_hub) -> None:
+    with Client(connection_file=connection_file) as client:
+        start_hub(1, name="crashy")
+        wait_for(lambda: worker_count(client) == 1, what="1 worker")
+        futures = [client.submit(crash, i) for i in range(6)]
+        wait_for(lambda: any(h["state"] == "unhealthy" for h in client.hubs()), timeout=30, what="unhealthy")
+        snapshot = client.status()
+        assert any("UNHEALTHY" in m for m in snapshot["health"]["messages"]) or snapshot["hubs"][0]["state"] == "unhealthy"
+        client.cancel([f.task_id for f in futures if not f.done()])
+
+
+def test_clients_reconnect_and_resubmit_after_a_restart(balancer_process) -> None:
+    lb = balancer_process()
+    with Client(connection_file=lb.connection_file) as client:
+        lb.kill()
+        futures = [client.submit(double, i) for i in range(5)]
+        lb.start()
+        hub = start_local_hub(lb.connection_file, 1, name="late")
+        try:
+            assert [f.result(timeout=30) for f in futures] == [0, 2, 4, 6, 8]
+        finally:
+            stop_process(hub)
