@@ -117,6 +117,7 @@ class Balancer:
         self._unschedulable: dict[str, str] = {}
         self._run_times: dict[str, float] = {}
         self._orphans: dict[str, Task] = {}
+        self._in_memory: collections.deque[str] = collections.deque()
         self._orphans_deadline = 0.0
         self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
@@ -243,6 +244,7 @@ class Balancer:
                 task.result_digests = [protocol.digest(b) for b in task.result_buffers]
                 task.result_size = sum(len(b) for b in task.result_buffers)
                 self._result_bytes += task.result_size
+                self._in_memory.append(task.id)
                 self._finished.append((task.ended or self.now(), task.id))
                 if task.collected is not None:
                     self._retention.append((task.collected + self.params["LB_RESULT_RETENTION"], task.id))
@@ -254,6 +256,7 @@ class Balancer:
             else:
                 self.scheduler.requeue(task)
         self.scheduler.continue_sequence(top_seq)
+        self._enforce_memory_budget()
         if restored:
             self._orphans_deadline = self.now() + ORPHAN_GRACE * self.params["LB_HEARTBEAT_INTERVAL"]
             log.info("LB - RESTORED from %s: %s", getattr(self.store, "path", "journal"),
@@ -368,13 +371,20 @@ class Balancer:
         self.sender = security.frame_user(frames[0]) if self.curve is not None else None
         try:
             handler(msg)
-        except (PlbError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            log.warning("LB - bad %r message on the %s port: %s", msg.type, role, exc)
-            self.stats.bad_messages += 1
-            if "req" in msg.header and msg.identity is not None:
-                self._reply(sock, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
+        except (PlbError, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            self._refuse(sock, role, msg, exc)
+        except Exception as exc:
+            log.exception("LB - unexpected error handling a %r message on the %s port", msg.type, role)
+            self._refuse(sock, role, msg, exc)
         finally:
             self.sender = None
+
+    def _refuse(self, sock: zmq.Socket, role: str, msg: Message, exc: Exception) -> None:
+        """A verified message the balancer cannot act on: count it, answer with the reason."""
+        log.warning("LB - bad %r message on the %s port: %s", msg.type, role, exc)
+        self.stats.bad_messages += 1
+        if "req" in msg.header and msg.identity is not None:
+            self._reply(sock, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
 
     def _send(
         self,
@@ -583,9 +593,10 @@ class Balancer:
                 continue
             info = task.summary()
             if task.state.finished and task.result is not None:
-                info["result"] = {**task.result, "nbuf": len(task.result_buffers)}
-                buffers.extend(task.result_buffers)
-                digests.extend(task.result_digests)
+                result_buffers, result_digests = self._result_frames(task)
+                info["result"] = {**task.result, "nbuf": len(result_buffers)}
+                buffers.extend(result_buffers)
+                digests.extend(result_digests)
                 self._collected(task, now)
             infos[str(task_id)] = info
         self._client_reply(msg, {"type": "status", "tasks": infos}, buffers, digests)
@@ -1074,6 +1085,7 @@ class Balancer:
         task.result_digests = digests or []
         task.result_size = sum(protocol.buffer_size(b) for b in task.result_buffers)
         self._result_bytes += task.result_size
+        self._in_memory.append(task.id)
         self._release_payload(task)
         self._unschedulable.pop(task.id, None)
         self._orphans.pop(task.id, None)
@@ -1103,10 +1115,9 @@ class Balancer:
         info = task.summary()
         if task.result is not None:
             info.update(task.result)
-        info["nbuf"] = len(task.result_buffers)
-        self._client_out.setdefault(task.client, []).append(
-            (info, task.result_buffers, task.result_digests)
-        )
+        buffers, digests = self._result_frames(task)
+        info["nbuf"] = len(buffers)
+        self._client_out.setdefault(task.client, []).append((info, buffers, digests))
 
     def _flush(self) -> None:
         if self._client_out:
@@ -1138,22 +1149,36 @@ class Balancer:
     def _forget(self, task: Task) -> None:
         self.tasks.pop(task.id, None)
         self.store.forget(task.id)
-        self._result_bytes -= task.result_size
+        if not task.result_offloaded:
+            self._result_bytes -= task.result_size
         task.result_buffers = []
         task.result_digests = []
         task.result_size = 0
 
     def _enforce_memory_budget(self) -> None:
+        """Past LB_RESULT_MEMORY, the oldest results leave memory: to the journal, else dropped."""
         budget = self.params["LB_RESULT_MEMORY"]
-        while self._result_bytes > budget and self._finished:
-            _, task_id = self._finished.popleft()
-            task = self.tasks.get(task_id)
-            if task is not None and task.result_size:
+        while self._result_bytes > budget and self._in_memory:
+            task = self.tasks.get(self._in_memory.popleft())
+            if task is None or not task.result_size or task.result_offloaded:
+                continue
+            if self.store.durable:
+                self._result_bytes -= task.result_size
+                task.result_buffers, task.result_digests = [], []
+                task.result_offloaded = True
+            else:
                 log.warning(
-                    "LB - result of %s dropped: results held exceed LB_RESULT_MEMORY (%d bytes)",
-                    task_id, budget,
+                    "LB - result of %s dropped: results held exceed LB_RESULT_MEMORY (%d bytes); "
+                    "turn the journal on (LB_JOURNAL) to keep them on disk", task.id, budget,
                 )
                 self._forget(task)
+
+    def _result_frames(self, task: Task) -> tuple[list[Buffer], list[bytes]]:
+        """A finished task's result buffers, read back from the journal when they left memory."""
+        if task.result_offloaded:
+            buffers: list[Buffer] = list(self.store.result_buffers(task.id))
+            return buffers, [protocol.digest(b) for b in buffers]
+        return task.result_buffers, task.result_digests
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, Any]:

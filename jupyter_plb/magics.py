@@ -14,7 +14,6 @@ import builtins
 import collections
 import concurrent.futures
 import contextlib
-import logging
 import math
 import symtable
 import sys
@@ -37,11 +36,9 @@ from IPython.utils._process_common import arg_split
 from . import display as show
 from .errors import PlbError
 
-log = logging.getLogger(__name__)
-
 #: Seconds to wait for the balancer's answer when connecting.
 CONNECT_TIMEOUT = 5.0
-#: Futures the magics remember for ``%plb result/wait/cancel`` (the oldest finished ones go first).
+#: Futures the magics remember for ``%plb result/wait/cancel`` (beyond that, the oldest go).
 REMEMBERED = 100_000
 CELL_FILE = "<plb cell>"
 CELL_NAME = "<cell>"
@@ -52,6 +49,21 @@ Namespace = dict[str, Any]
 
 
 # -- shared option groups (ipyparallel style) ------------------------------------------------------
+def positive(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def identifier(text: str) -> str:
+    """argparse type: a notebook variable name."""
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Python variable name")
+    return text
+
+
 def _apply(func: Any, decorators: list[Any]) -> Any:
     for deco in reversed(decorators):  # keep source order in the parser
         func = deco(func)
@@ -69,12 +81,13 @@ def task_options(func: Any) -> Any:
             ),
             argument("-u", "--user", help="the fairness bucket (default: $PLB_USER or your login)"),
             argument(
-                "--timeout", type=float, metavar="SECONDS", help="kill the task after SECONDS"
+                "--timeout", type=positive, metavar="SECONDS", help="kill the task after SECONDS"
             ),
             argument("--retries", type=int, metavar="N", help="retry N times if its worker dies"),
             argument(
                 "-o",
                 "--out",
+                type=identifier,
                 metavar="NAME",
                 help="also store the future(s) in notebook variable NAME",
             ),
@@ -85,7 +98,7 @@ def task_options(func: Any) -> Any:
 def wait_options(func: Any) -> Any:
     """``--timeout`` for the subcommands that wait for results."""
     return argument(
-        "--timeout", type=float, metavar="SECONDS", help="give up waiting after SECONDS"
+        "--timeout", type=positive, metavar="SECONDS", help="give up waiting after SECONDS"
     )(func)
 
 
@@ -585,10 +598,12 @@ class PlbMagics(Magics):
     def _cancel(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """Cancel tasks: queued ones leave the queue, running ones have their worker replaced."""
         args = self._cancel.parser.parse_argstring(rest)
-        futures = self._select([], ns) if args.ids == ["all"] else []
-        ids = [f.task_id for f in futures]
-        if args.ids != ["all"]:
-            for token in args.ids:
+        if args.ids == ["all"]:
+            futures = self._select([], ns)
+            ids = [f.task_id for f in futures]
+        else:
+            futures, ids = [], []
+            for token in args.ids:  # unknown tokens go as ids: the balancer may know them
                 found = self._lookup(token, ns) or []
                 futures.extend(found)
                 ids.extend([f.task_id for f in found] or [token])
@@ -615,10 +630,14 @@ class PlbMagics(Magics):
 
     @magic_arguments(name="plb dashboard")
     @argument(
-        "--refresh", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes"
+        "--refresh", type=positive, default=1.0, metavar="SECONDS", help="seconds between refreshes"
     )
     @argument(
-        "-o", "--out", metavar="NAME", help="also store the Dashboard in notebook variable NAME"
+        "-o",
+        "--out",
+        type=identifier,
+        metavar="NAME",
+        help="also store the Dashboard in notebook variable NAME",
     )
     def _dashboard(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """A live panel: per-user queues, hubs and workers, throughput, failures, cancel buttons."""
@@ -629,9 +648,7 @@ class PlbMagics(Magics):
             )
         from .widgets import Dashboard
 
-        client = self.client
-        with self._balancer():
-            dashboard = Dashboard(client, refresh=args.refresh)
+        dashboard = Dashboard(self.client, refresh=args.refresh)
         self._dashboards.append(dashboard)
         self._store(args.out, dashboard)
         display(dashboard)

@@ -52,6 +52,7 @@ class Task:
     result_buffers: list[Buffer] = field(default_factory=list)
     result_digests: list[bytes] = field(default_factory=list)
     result_size: int = 0
+    result_offloaded: bool = False
     collected: float | None = None
 
     def summary(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ related changes travel in one message. Widget updates from threads need ipykerne
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -25,8 +24,6 @@ from .display import (
     esc,
     future_html,
 )
-
-log = logging.getLogger(__name__)
 
 #: Seconds between refreshes of the live future views.
 FUTURE_REFRESH = 0.5
@@ -258,6 +255,8 @@ class Dashboard(widgets.VBox):
     """
 
     def __init__(self, client: Any = None, refresh: float = 1.0) -> None:
+        if not refresh > 0:
+            raise ValueError(f"refresh must be a positive number of seconds, not {refresh}")
         if client is None:
             from .client import Client
 

@@ -266,13 +266,13 @@ class _Worker:
             header["state"] = "done"
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
             header["state"] = "failed"
-            header["error"] = _error_info(exc)
             if isinstance(exc, MemoryError) and self.config.memory_limit:
                 limit = self.config.memory_limit / (1 << 20)
-                header["error"]["message"] = " ".join(filter(None, [
+                exc = MemoryError(" ".join(filter(None, [
                     str(exc), f"(the task went over this worker's memory limit of {limit:.0f} MiB: "
                     "plb hub --memory-limit)",
-                ]))
+                ]))).with_traceback(exc.__traceback__)
+            header["error"] = _error_info(exc)
             with contextlib.suppress(Exception):
                 result_buffers = protocol.dumps(exc)
         header["ended"] = time.time()

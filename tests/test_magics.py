@@ -307,6 +307,9 @@ counter""",
         ("%plb cancel", "the following arguments are required"),
         ("%plb help nope", "unknown subcommand 'nope'"),
         ("%plb status now", "unrecognized arguments"),
+        ("%plb submit -o 1x double(1)", "'1x' is not a Python variable name"),
+        ("%plb wait --timeout 0", "must be a positive number of seconds"),
+        ("%plb dashboard --refresh -1", "must be a positive number of seconds"),
     ],
 )
 def test_bad_input_is_one_usage_error_line(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_plb import protocol
 from jupyter_plb.client import Client
 from jupyter_plb.launch import start_local_hub, stop_process
 from jupyter_plb.store import SqliteStore, pack_buffers, unpack_buffers
@@ -194,3 +195,26 @@ def test_clients_reconnect_and_resubmit_after_a_restart(balancer_process) -> Non
             assert [f.result(timeout=30) for f in futures] == [0, 2, 4, 6, 8]
         finally:
             stop_process(hub)
+
+
+def test_results_beyond_the_memory_budget_go_to_the_journal(make_cluster, connection_file: Path, start_hub) -> None:
+    cluster = make_cluster(LB_RESULT_MEMORY=3 << 20)
+    with Client(connection_file=connection_file) as client:
+        start_hub(1)
+        futures = [client.submit(os.urandom, 1 << 20) for _ in range(8)]
+        blobs = [f.result(timeout=30) for f in futures]
+        held = cluster.call(lambda: cluster.balancer._result_bytes)
+        assert held <= 3 << 20
+        with Client(connection_file=connection_file) as other:
+            first = other._connection.request({"type": "get", "ids": [futures[0].task_id]})
+            assert first.header["tasks"][futures[0].task_id]["state"] == "done"
+            assert protocol.loads(first.buffers) == blobs[0], "read back from the journal"
+
+
+def test_without_a_journal_results_beyond_the_budget_are_dropped(make_cluster, connection_file: Path, start_hub) -> None:
+    cluster = make_cluster(LB_RESULT_MEMORY=2 << 20, LB_JOURNAL=False)
+    with Client(connection_file=connection_file) as client:
+        start_hub(1)
+        futures = [client.submit(os.urandom, 1 << 20) for _ in range(5)]
+        assert all(len(f.result(timeout=30)) == 1 << 20 for f in futures), "pushed before being dropped"
+        assert cluster.call(lambda: cluster.balancer._result_bytes) <= 2 << 20
