@@ -146,7 +146,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         ssh_options += ["-F", args.ssh_config]
     launcher = SSHLauncher(
         args.hosts, _connection_path(args), _hub_options(args),
-        ssh_options=ssh_options, remote_command=args.remote_command,
+        ssh_options=ssh_options, remote_command=args.remote_command, remote_dir=args.remote_dir,
     )
 
     def interrupt(*_: object) -> None:
@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--ssh-config", "-F", metavar="FILE", help="ssh configuration file")
     ssh.add_argument("--remote-command", default="plb",
                      help="how the hosts run plb, e.g. ~/venv/bin/plb (default plb)")
+    ssh.add_argument("--remote-dir", default=".plb",
+                     help="private directory for the connection file's copy on each host "
+                          "(default ~/.plb)")
     ssh.add_argument("--register-timeout", type=float, default=60.0, metavar="SECONDS",
                      help="warn about hubs not registered by then (0: do not check)")
     ssh.set_defaults(func=cmd_ssh)

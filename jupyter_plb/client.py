@@ -202,24 +202,26 @@ class _Connection:
     def next_request_id(self) -> str:
         return f"r{next(self._req_counter)}"
 
-    def request(self, header: dict[str, Any], buffers: Sequence[Buffer] = (), timeout: float | None = None) -> Message:
+    def request(
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[Buffer] = (),
+        timeout: float | None = None,
+        explain: bool = True,
+    ) -> Message:
         """Send and wait for the reply naming the same request id."""
         req = self.next_request_id()
         header["req"] = req
         reply: concurrent.futures.Future[Message] = concurrent.futures.Future()
         self.requests[req] = reply
-        self.send(header, buffers)
+        with contextlib.suppress(zmq.Again):  # no connection (e.g. Curve refused it): told below
+            self.send(header, buffers)
         wait = timeout if timeout is not None else self.request_timeout
         try:
             msg = reply.result(wait)
         except concurrent.futures.TimeoutError:
-            url = self.info.client_url
-            problem = security.diagnose(url, self.curve, 1.0) if self.curve else None
-            raise BalancerUnreachable(
-                problem
-                or f"the balancer at {url} did not answer {header['type']!r} within {wait:g} s; "
-                "is it running (`plb start`, or JupyterLab with jupyter_plb)?"
-            ) from None
+            error = self.unreachable(header["type"], wait) if explain else BalancerUnreachable()
+            raise error from None
         finally:
             self.requests.pop(req, None)
         if msg.type == "error":
@@ -230,8 +232,31 @@ class _Connection:
     def request_timeout(self) -> float:
         return max(self.params["SOCKET_TIMEOUT"] / 1000 * 10, 5.0)
 
+    def unreachable(self, kind: str, wait: float) -> BalancerUnreachable:
+        """The error for a request without an answer, with the reason when Curve can tell it."""
+        url = self.info.client_url
+        problem = security.diagnose(url, self.curve, 1.0) if self.curve else None
+        return BalancerUnreachable(
+            problem
+            or f"the balancer at {url} did not answer {kind!r} within {wait:g} s; "
+            "is it running (`plb start`, or JupyterLab with jupyter_plb)?"
+        )
+
     def hello(self, timeout: float) -> None:
-        msg = self.request({"type": "hello", "outstanding": list(self.futures)}, timeout=timeout)
+        # The answer comes back on the receiving connection; a hello sent before that connection's
+        # handshake ends (CurveZMQ makes it longer) has its answer dropped by the ROUTER: ask again.
+        deadline = time.monotonic() + timeout
+        retry = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                header = {"type": "hello", "outstanding": list(self.futures)}
+                msg = self.request(header, timeout=max(0.0, min(retry, left)), explain=False)
+                break
+            except BalancerUnreachable:
+                if time.monotonic() >= deadline:
+                    raise self.unreachable("hello", timeout) from None
+                retry = min(2 * retry, 1.0)
         self.balancer_id = msg.header.get("balancer")
         user = msg.header.get("user")
         self.bound_user = user if isinstance(user, str) and user else None
@@ -307,8 +332,10 @@ class _Connection:
 
     def _handle(self, msg: Message, acks: list[str]) -> None:
         req = msg.header.get("req")
-        if req is not None and req in self.requests:
-            self.requests[req].set_result(msg)
+        waiting = self.requests.get(req) if req is not None else None
+        # A second message naming the request (hello's "unknown" after "welcome") is handled below.
+        if waiting is not None and not waiting.done():
+            waiting.set_result(msg)
             if msg.type == "submitted":
                 self._on_submitted(msg)
             return

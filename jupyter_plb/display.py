@@ -326,13 +326,19 @@ class Report:
         return self.html
 
 
+_CELL = "text-align:left;padding:1px 12px 1px 0"
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th style='text-align:left'>{esc(h)}</th>" for h in headers)
+    head = "".join(f"<th style='{_CELL}'>{esc(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{esc(cell)}</td>" for cell in row) + "</tr>"
+        "<tr>" + "".join(f"<td style='{_CELL}'>{esc(cell)}</td>" for cell in row) + "</tr>"
         for row in rows
     )
-    return f"<table class='plb-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        "<table class='plb-table' style='border-collapse:collapse;margin:2px 0'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def priority_range(worker: dict[str, Any]) -> str:

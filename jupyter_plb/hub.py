@@ -2,6 +2,11 @@
 
 The hub registers with the balancer, heartbeats, and spawns, renices, kills and replaces its
 workers; the workers talk to the balancer directly, so a task costs four hops, not six.
+
+On another machine (``plb hub --connect FILE``) it outlives its balancer: when the balancer goes
+silent it retries with backoff and registers again, workers included, when one answers. SIGTERM or
+Ctrl-C drains it: no new tasks, running ones get ``grace`` seconds, the rest are handed back. A
+worker may retire after ``max_tasks_per_worker`` tasks and have a memory limit (docs/multihost.md).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ ANY_PRIORITY = (-1e9, 1e9)
 #: Worker deaths within CRASH_WINDOW seconds that mark the hub unhealthy and slow respawns.
 CRASH_LIMIT = 5
 CRASH_WINDOW = 30.0
+#: Only workers dying younger than this count towards a crash loop (a worker that fails to start
+#: or dies on its first task), not long-lived workers killed from outside.
+CRASH_YOUNG = 1.0
 MAX_RESPAWN_DELAY = 30.0
 #: The balancer is "silent" after this many heartbeat intervals without an answer.
 SILENT_AFTER = 3
@@ -423,7 +431,8 @@ class WorkerHub:
         """
         assert self._loop is not None
         deaths = self._supervision.deaths
-        if self.state == "unhealthy" and (not deaths or time.monotonic() - deaths[-1] > CRASH_WINDOW):
+        calm = not deaths or time.monotonic() - deaths[-1] > CRASH_WINDOW
+        if self.state == "unhealthy" and calm:
             self.state = "ok"
             self._supervision.respawn_delay = 0.0
         silent_for = time.monotonic() - max(self._last_ack, self._started)
@@ -532,7 +541,8 @@ class WorkerHub:
         if code == EXIT_RETIRED:
             self._spawn(proc.group)
             return
-        delay = 0.0 if proc.kill_requested else self._crash_delay()
+        young = time.monotonic() - proc.started < CRASH_YOUNG
+        delay = self._crash_delay() if young and not proc.kill_requested else 0.0
         if delay:
             log.warning("WKHUB - workers keep dying; next start in %.0f s", delay)
             self._loop.call_later(delay, self._respawn, proc.group)

@@ -104,6 +104,7 @@ class RemoteHub:
     name: str
     remote_path: str
     process: subprocess.Popen[bytes] | None = None
+    reported: bool = False
     lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=KEEP_LINES)
     )
@@ -137,6 +138,7 @@ class SSHLauncher:
     ``ssh_options`` are passed to both ``ssh`` and ``scp`` (``-o Port=2222``, ``-F FILE``,
     ``-i KEY``…); ``BatchMode=yes`` is always added, so a missing key fails instead of prompting.
     ``remote_command`` is how to run ``plb`` there (a shell fragment, e.g. ``~/venv/bin/plb``).
+    ``remote_dir`` is where the connection file is copied (relative to the remote home: ``.plb``).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class SSHLauncher:
         *,
         ssh_options: Sequence[str] = (),
         remote_command: str = DEFAULT_PLB,
+        remote_dir: str = REMOTE_DIR,
         names: Sequence[str] | None = None,
         ssh: str = "ssh",
         scp: str = "scp",
@@ -159,6 +162,7 @@ class SSHLauncher:
         self.options = options or HubOptions()
         self.ssh_options = ["-o", "BatchMode=yes", *ssh_options]
         self.remote_command = remote_command
+        self.remote_dir = remote_dir.rstrip("/") or "/"
         self.ssh = shutil.which(ssh) or ssh
         self.scp = shutil.which(scp) or scp
         self.out = out or sys.stdout
@@ -170,7 +174,7 @@ class SSHLauncher:
             base = names[index] if names else host.rpartition("@")[2]
             seen[base] += 1
             name = base if seen[base] == 1 else f"{base}-{seen[base]}"
-            path = f"{REMOTE_DIR}/plb-connection-{self.token}-{index}.json"
+            path = f"{self.remote_dir}/plb-connection-{self.token}-{index}.json"
             self.hubs.append(RemoteHub(host, name, path))
 
     # -- running ---------------------------------------------------------------------------------
@@ -196,8 +200,9 @@ class SSHLauncher:
 
     def _copy(self, hub: RemoteHub) -> None:
         """``scp`` the connection file to a private file on the host (directory 0700, file 0600)."""
+        directory = shlex.quote(self.remote_dir)
         steps = [
-            self._ssh(hub.host, f"umask 077 && mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}"),
+            self._ssh(hub.host, f"umask 077 && mkdir -p {directory} && chmod 700 {directory}"),
             [self.scp, "-q", *self.ssh_options, str(self.connection_file),
              f"{hub.host}:{hub.remote_path}"],
             self._ssh(hub.host, f"chmod 600 {shlex.quote(hub.remote_path)}"),
@@ -273,6 +278,7 @@ class SSHLauncher:
                         waiting.remove(hub)
                     elif (code := hub.returncode) is not None:
                         self._finish(hub)
+                        hub.reported = True
                         self._print(f"plb ssh: error: {hub.explain(code)}")
                         waiting.remove(hub)
                         ended.append(hub)
@@ -298,11 +304,10 @@ class SSHLauncher:
                 continue
             code = hub.process.wait()
             self._finish(hub)
-            if code:
-                failures += 1
-                self._print(f"plb ssh: error: {hub.explain(code)}")
-            else:
-                self._print(f"plb ssh: {hub.explain(code)}")
+            failures += code != 0
+            if not hub.reported:
+                hub.reported = True
+                self._print(f"plb ssh: {'error: ' if code else ''}{hub.explain(code)}")
         return failures
 
     def stop(self, timeout: float | None = None) -> None:
@@ -329,6 +334,10 @@ class SSHLauncher:
                             "closing its ssh session")
                 _end(hub.process)
             self._finish(hub)
+            if not hub.reported:
+                hub.reported = True
+                code = hub.process.returncode
+                self._print(f"plb ssh: {'error: ' if code else ''}{hub.explain(code)}")
         for hub in self.hubs:
             if hub.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired, OSError):

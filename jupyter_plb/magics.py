@@ -452,7 +452,7 @@ class PlbMagics(Magics):
             ) from None
         view = self._view(args)
         counter = show.BatchCounter(total=math.ceil(len(items) / args.chunksize))
-        label = f"{getattr(fn, '__qualname__', 'map')} x {len(items)}"
+        label = f"{getattr(fn, '__qualname__', 'map')} over {len(items)} items"
         # with --async only a widget follows the batch: a text line would scribble over the prompt
         follow = items and (show.in_kernel() or not args.asynchronous)
         live = self._progress(counter, label, args.user or self.client.user) if follow else None

@@ -105,10 +105,13 @@ class BatchProgress(widgets.VBox):
 
     def __init__(self, label: str = "") -> None:
         self.bar = widgets.IntProgress(
-            value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="35%")
+            value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="30%")
         )
-        self.title = widgets.HTML(f"<b>{esc(label)}</b>")
-        self.numbers = widgets.HTML()
+        self.title = widgets.HTML(
+            f"<b style='white-space:nowrap'>{esc(label)}</b>",
+            layout=widgets.Layout(width="auto", margin="0 8px 0 0"),
+        )
+        self.numbers = widgets.HTML(layout=widgets.Layout(flex="1"))
         self.output = widgets.HTML()
         super().__init__([widgets.HBox([self.title, self.bar, self.numbers]), self.output])
         self.add_class("plb-batch")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -131,3 +132,53 @@ def run_script(code: str, tmp_path: Path, *args: str, timeout: float = 60, env: 
 def write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+class BalancerProcess:
+    """``plb start`` in its own process, so the test can SIGKILL it and start it again."""
+
+    def __init__(self, folder: Path, **params: object) -> None:
+        self.folder = folder
+        self.connection_file = folder / "plb-connection.json"
+        self.params = folder / "parameters.json"
+        self.params.write_text(json.dumps({
+            "LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0,
+            "LB_HEARTBEAT_INTERVAL": 0.3, "HC_INTERVAL": 0.5, **params,
+        }))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        stamp = self.connection_file.stat().st_mtime_ns if self.connection_file.exists() else 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start", "-p", str(self.params),
+             "--connection-file", str(self.connection_file), "--no-monitor"],
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: self.connection_file.exists() and self.connection_file.stat().st_mtime_ns != stamp,
+            what="the balancer to write its connection file",
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+@pytest.fixture
+def balancer_process(tmp_path: Path) -> Iterator[Callable[..., BalancerProcess]]:
+    made: list[BalancerProcess] = []
+
+    def make(**params: object) -> BalancerProcess:
+        process = BalancerProcess(tmp_path, **params)
+        process.start()
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        process.stop()

@@ -51,7 +51,9 @@ def running_on(client: Client, name: str) -> int:
 
 
 @pytest.fixture
-def hub_process(connection_file: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def hub_process(
+    connection_file: Path, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """``plb hub`` as a child process (not --local: it must survive its balancer), log in a file."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -194,3 +196,42 @@ def test_hub_identity_and_version_mismatch_are_named(
     message = str(other.value)
     assert "the client runs Python 3.99.0, cloudpickle 0.1.0" in message
     assert f"runs Python {sys.version_info.major}.{sys.version_info.minor}" in message
+
+
+def test_start_listens_on_one_address_and_advertises_another(tmp_path: Path) -> None:
+    import json
+
+    import psutil
+
+    from jupyter_plb import security
+
+    security.keygen(tmp_path / "security", user="tester")
+    params = tmp_path / "parameters.json"
+    params.write_text(json.dumps({
+        "LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0,
+        "LB_SECURITY_DIR": str(tmp_path / "security"), "LB_JOURNAL": False,
+    }))
+    connection_file = tmp_path / "plb-connection.json"
+    balancer = subprocess.Popen(
+        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start",
+         "-p", str(params), "--connection-file", str(connection_file), "--no-monitor",
+         "--bind", "0.0.0.0", "--advertise", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_for(connection_file.exists, what="the connection file")
+        written = json.loads(connection_file.read_text())
+        assert written["address"] == "127.0.0.1", "others are told the advertised address"
+        assert written.get("curve_serverkey"), "beyond loopback, CurveZMQ is on by default"
+        ports = {written["client_port"], written["worker_port"], written["health_port"]}
+        process = psutil.Process(balancer.pid)
+        connections = getattr(process, "net_connections", process.connections)("tcp")
+        listening = {
+            (c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN
+        }
+        assert {("0.0.0.0", port) for port in ports} <= listening, "bound on every interface"
+        with Client(connection_file=connection_file) as c:
+            assert c.status()["balancer"]["address"] == "tcp://127.0.0.1"
+    finally:
+        stop_process(balancer)

@@ -1,0 +1,120 @@
+"""What CurveZMQ costs: throughput and latency of no-op tasks with Curve off and on, same machine.
+
+    python benchmarks/curve_overhead.py [--tasks 5000] [--repeats 5] [--workers 2]
+
+For each mode the balancer runs in its own process (``plb start --workers 2``: it starts a local hub
+with 2 workers), on loopback with free ports; ``LB_CURVE`` is false, then true (certificates made
+in a temporary security directory). The client runs here. Figures are medians over the repeats;
+the ratio is Curve on / Curve off. HMAC signing is on in both modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+import workloads  # noqa: E402
+
+from jupyter_plb import security  # noqa: E402
+from jupyter_plb.client import Client  # noqa: E402
+from jupyter_plb.launch import stop_process  # noqa: E402
+
+
+@contextmanager
+def balancer(curve: bool, workers: int) -> Iterator[Client]:
+    """``plb start`` in a child process with a local hub; yields a connected client."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = Path(tmp) / "plb-connection.json"
+        params = Path(tmp) / "parameters.json"
+        values = {"LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0, "LB_CURVE": curve}
+        if curve:
+            values["LB_SECURITY_DIR"] = str(Path(tmp) / "security")
+            security.keygen(values["LB_SECURITY_DIR"], user="bench")
+        params.write_text(json.dumps(values))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start",
+             "-p", str(params), "--connection-file", str(conn), "--no-monitor",
+             "--workers", str(workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not conn.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the balancer process did not start")
+                time.sleep(0.01)
+            client = Client(connection_file=conn, user=None if curve else "bench")
+            try:
+                while sum(len(h["workers"]) for h in client.hubs()) < workers:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the workers did not register")
+                    time.sleep(0.01)
+                assert bool(client.connection_info.curve_serverkey) == curve
+                list(client.map(workloads.noop, range(200)))  # warm up: functions cached
+                yield client
+            finally:
+                client.shutdown(wait=False, cancel_futures=True)
+        finally:
+            stop_process(process)
+
+
+def throughput(client: Client, tasks: int) -> float:
+    started = time.perf_counter()
+    results = list(client.map(workloads.noop, range(tasks)))
+    elapsed = time.perf_counter() - started
+    assert results[-1] == tasks - 1
+    return tasks / elapsed
+
+
+def latency_p50(client: Client, tasks: int = 300) -> float:
+    times = []
+    for i in range(tasks):
+        started = time.perf_counter()
+        client.submit(workloads.noop, i).result(timeout=30)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    figures: dict[bool, dict[str, float]] = {}
+    for curve in (False, True):
+        with balancer(curve, args.workers) as client:
+            rates = [throughput(client, args.tasks) for _ in range(args.repeats)]
+            figures[curve] = {
+                "tasks_per_s": statistics.median(rates),
+                "min": min(rates),
+                "max": max(rates),
+                "latency_p50_us": latency_p50(client),
+            }
+    print(f"{args.tasks} no-op tasks, {args.workers} workers, median of {args.repeats} "
+          f"(balancer in its own process, loopback, HMAC always on)")
+    for curve, f in figures.items():
+        print(f"  Curve {'on ' if curve else 'off'}: {f['tasks_per_s']:8.0f} tasks/s "
+              f"(min {f['min']:.0f}, max {f['max']:.0f}); sequential latency p50 "
+              f"{f['latency_p50_us']:.0f} µs")
+    on, off = figures[True], figures[False]
+    print(f"  ratio on/off: throughput {on['tasks_per_s'] / off['tasks_per_s']:.2f}, "
+          f"latency {on['latency_p50_us'] / off['latency_p50_us']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
