@@ -67,12 +67,14 @@ def children(pid: int) -> list[int]:
 
 # -- systems --------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def plb_system(workers: int) -> Iterator[tuple[Client, float, list[int]]]:
+def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, float, list[int]]]:
     """Balancer process + local hub; yields (client, seconds to first result, pids)."""
     with tempfile.TemporaryDirectory() as tmp:
         conn = Path(tmp) / "plb-connection.json"
         params = Path(tmp) / "parameters.json"
-        params.write_text(json.dumps({"LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0}))
+        params.write_text(json.dumps({
+            "LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0, "LB_JOURNAL": "auto" if journal else False,
+        }))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
         started = time.perf_counter()
         balancer = subprocess.Popen(
@@ -189,6 +191,9 @@ def measure(system: Callable[[int], Any], sizes: dict[str, int]) -> dict[str, fl
         out["W4 MB/s"] = w4_bandwidth(executor, sizes["w4"])
     with system(8) as (executor, _first, _pids):
         out["W3 makespan/ideal"] = w3_makespan(executor, sizes["w3"], 8)
+    if system is plb_system:
+        with plb_system(2, journal=False) as (executor, _first, _pids):
+            out["W1 no journal tasks/s"] = w1_map(executor, sizes["w1"])
     return out
 
 
@@ -212,10 +217,12 @@ def main() -> None:
     higher_is_better = {"W1 map tasks/s", "W4 MB/s"}
     print(f"\nmedians of {args.repeats} repeats, 2 workers (W3: 8), {os.cpu_count()} cores")
     print(f"{'metric':<22}{'jupyter_plb':>14}{'PPE':>14}{'ratio':>10}")
-    for key in plb:
+    for key in ppe:
         ratio = plb[key] / ppe[key] if ppe[key] else float("nan")
         note = " (higher is better)" if key in higher_is_better else ""
         print(f"{key:<22}{plb[key]:>14.2f}{ppe[key]:>14.2f}{ratio:>9.2f}x{note}")
+    journal_cost = plb["W1 map tasks/s"] / plb["W1 no journal tasks/s"]
+    print(f"journal: W1 with the SQLite journal runs at {journal_cost:.2f}x the speed without it")
     small = scheduler_cost(1_000)
     large = scheduler_cost(1_000_000)
     print(f"\nscheduler cost per task (µs), 1,000 queued: submit {small[0]:.2f}, dispatch {small[1]:.2f}")

@@ -182,3 +182,7 @@ def balancer_process(tmp_path: Path) -> Iterator[Callable[..., BalancerProcess]]
     yield make
     for process in made:
         process.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--big", action="store_true", help="chaos test at full size (20,000 tasks)")
