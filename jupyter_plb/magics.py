@@ -17,6 +17,7 @@ import contextlib
 import math
 import symtable
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from IPython.display import display
 from IPython.utils._process_common import arg_split
 
 from . import display as show
+from .client import ClientView, PlbFuture
 from .errors import PlbError
 
 #: Seconds to wait for the balancer's answer when connecting.
@@ -279,6 +281,63 @@ def with_remote_traceback(exc: BaseException, fut: Any) -> BaseException:
     return exc
 
 
+# -- a map in flight -------------------------------------------------------------------------------
+class _Items:
+    """A map's items, handed out until :meth:`MapView.stop` (then the batch has no more)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = iter(items)
+        self.stopped = False
+
+    def __iter__(self) -> _Items:
+        return self
+
+    def __next__(self) -> Any:
+        if self.stopped:
+            raise StopIteration
+        return next(self._items)
+
+
+class MapView(ClientView):
+    """A view that reports each future of a map as it is queued, so the magic counts and can
+    cancel them without iterating ``map_futures`` (which feeds the queue by itself)."""
+
+    def __init__(self, view: Any, items: list[Any], chunksize: int) -> None:
+        super().__init__(view._connection, view._defaults)
+        self.items = _Items(items)
+        self.total = math.ceil(len(items) / chunksize)
+        self.counter = show.BatchCounter(total=self.total)
+        self.futures: list[PlbFuture] = []
+        self._queued = threading.Condition()
+
+    def _send_tasks(self, tasks: list[Any], fn_id: str, fn_buffers: list[Any]) -> None:
+        futures = [fut for _, _, fut in tasks]
+        with self._queued:  # a stop waits for a send in progress, so it can cancel what it sent
+            if self.items.stopped:
+                for fut in futures:  # pulled just before the stop: never sent
+                    fut.state = "cancelled"
+                    concurrent.futures.Future.cancel(fut)
+                return
+            super()._send_tasks(tasks, fn_id, fn_buffers)
+            self.futures.extend(futures)
+            self._queued.notify_all()
+        self.counter.add(futures)
+
+    def wait_queued(self) -> None:
+        """Until every task is queued (at once, unless there are more than the per-user limit)."""
+        with self._queued:
+            self._queued.wait_for(lambda: len(self.futures) >= self.total or self.items.stopped)
+
+    def stop(self) -> list[str]:
+        """Queue nothing more; return the ids of the tasks still unfinished."""
+        with self._queued:
+            self.items.stopped = True
+            self._queued.notify_all()
+            pending = [f.task_id for f in self.futures if not f.done()]
+        self.counter.close()
+        return pending
+
+
 # -- the magics ------------------------------------------------------------------------------------
 @magics_class
 class PlbMagics(Magics):
@@ -344,8 +403,6 @@ class PlbMagics(Magics):
 
     def _lookup(self, token: str, ns: Namespace) -> list[Any] | None:
         """A task id or a notebook variable holding a future (or a list of them) → futures."""
-        from .client import PlbFuture
-
         fut = self._futures.get(token) or (self._client.future(token) if self._client else None)
         if fut is not None:
             return [fut]
@@ -450,27 +507,26 @@ class PlbMagics(Magics):
             raise UsageError(
                 f"{items_source!r} is a {type(iterable).__name__}, not an iterable"
             ) from None
-        view = self._view(args)
-        counter = show.BatchCounter(total=math.ceil(len(items) / args.chunksize))
+        batch = MapView(self._view(args), items, args.chunksize)
         label = f"{getattr(fn, '__qualname__', 'map')} over {len(items)} items"
         # with --async only a widget follows the batch: a text line would scribble over the prompt
         follow = items and (show.in_kernel() or not args.asynchronous)
-        live = self._progress(counter, label, args.user or self.client.user) if follow else None
-        futures: list[Any] = []
+        user = args.user or self.client.user
+        live = self._progress(batch.counter, label, user) if follow else None
         try:
             with self._balancer():
-                for fut in view.map_futures(fn, items, chunksize=args.chunksize):
-                    futures.append(fut)
-                    counter.add([fut])
-                    if not args.asynchronous:  # in order, as Client.map: the feeding stays ahead
-                        concurrent.futures.wait([fut])
+                batch.map_futures(fn, batch.items, chunksize=args.chunksize)
+            if args.asynchronous:
+                batch.wait_queued()
+            else:
+                batch.counter.wait(None)
         except BaseException:
-            self._cancel_quietly(futures)
-            counter.close()
+            self._cancel_quietly(batch.stop())
             raise
         finally:
             if live is not None and not args.asynchronous:
                 live.stop()
+        futures = batch.futures
         self._remember(futures)
         self._store(args.out, futures)
         if args.asynchronous:
@@ -488,8 +544,7 @@ class PlbMagics(Magics):
                 results.append(fut.result())
         return results
 
-    def _cancel_quietly(self, futures: list[Any]) -> None:
-        pending = [f.task_id for f in futures if not f.done()]
+    def _cancel_quietly(self, pending: list[str]) -> None:
         if pending:
             with contextlib.suppress(PlbError):
                 self.client.cancel(pending)

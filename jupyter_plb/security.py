@@ -367,8 +367,11 @@ class AllowList:
     def refresh(self) -> None:
         try:
             stamp = self._scan()
-        except OSError as exc:
-            log.error("LB - cannot read the allow-list %s: %s", self.directory, exc)
+        except OSError as exc:  # gone or unreadable: allow nobody from it (fail closed)
+            with self._lock:
+                if self._stamp is not None:
+                    log.error("LB - cannot read the allow-list %s: %s", self.directory, exc)
+                self._keys, self._stamp = dict(self.extra), None
             return
         with self._lock:
             if stamp == self._stamp:
@@ -417,6 +420,13 @@ class _Authenticator(ThreadAuthenticator):
             self.configure_curve_callback(domain, self)
 
     def callback(self, domain: str, public_z85: bytes) -> bool:
+        try:
+            return self._check(domain, public_z85)
+        except Exception:  # never let the ZAP thread die: every later handshake would hang
+            log.exception("LB - the allow-list check failed; refusing the connection")
+            return False
+
+    def _check(self, domain: str, public_z85: bytes) -> bool:
         allow = self._allow.get(domain)
         user = allow.user(public_z85) if allow is not None else None
         if user is not None:

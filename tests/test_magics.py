@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -357,6 +358,27 @@ def test_map_failure_shows_the_remote_traceback(
     out = capsys.readouterr().out
     assert "failed on worker_" in out and "ZeroDivisionError: division by zero" in out
     assert "in inverse" in out and "magics.py" not in out
+
+
+def test_interrupting_a_map_cancels_its_tasks(
+    ip: Any, other_client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C while the cell waits
+        result = ip.run_cell("%plb map -u interrupted nap [30] * 4")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert "cancelled 4 unfinished task(s) of the map" in capsys.readouterr().out
+    wait_for(
+        lambda: other_client.tasks(user="interrupted", state="cancelled")["total"] == 4,
+        what="the 4 tasks to be cancelled",
+    )
 
 
 def test_empty_map(ip: Any) -> None:

@@ -1,4 +1,4 @@
-"""Security: who may connect, who may act as whom, and what a peer without the keys can do (nothing).
+"""Security: who may connect, who may act as whom, what a peer without the keys can do (nothing).
 
 Every attacker here is a real peer on loopback: a ZeroMQ socket made by ``sockets.connect_dealer``
 with chosen keys, or a real ``plb hub`` / ``Client`` holding the wrong certificate.
@@ -50,7 +50,7 @@ def square(x: int) -> int:
 
 # -- a hand-made peer ------------------------------------------------------------------------------
 class Peer:
-    """A DEALER with the keys we choose, signing with the key we choose; it reads what comes back."""
+    """A DEALER with the keys we choose, signing with the key we choose; reads what comes back."""
 
     def __init__(
         self, url: str, key: bytes, curve: PeerKeys | None = None, identity: str | None = None
@@ -143,7 +143,7 @@ def rejected(client: Client) -> dict[str, int]:
     return client.status()["rejected"]
 
 
-# -- policy and files --------------------------------------------------------------------------------
+# -- policy and files ------------------------------------------------------------------------------
 def test_curve_is_on_beyond_loopback_and_off_needs_consent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -235,7 +235,7 @@ def test_default_user_prefers_plb_user_then_the_jupyterhub_user(
     assert default_user() == "batch"
 
 
-# -- with CurveZMQ -------------------------------------------------------------------------------------
+# -- with CurveZMQ ---------------------------------------------------------------------------------
 @pytest.fixture
 def security_dir(tmp_path: Path) -> Path:
     root = tmp_path / "security"
@@ -348,7 +348,7 @@ def test_peers_without_an_allowed_certificate_cannot_connect(
     stranger = keys(stranger_dir / "client.key_secret", info)
     bob = keys(security_dir / "issued" / "client-bob.key_secret", info)
     attempts = [
-        # (port, curve keys): the HMAC key, but no certificate / an unknown one / a client's on the hub port
+        # The HMAC key, but no certificate / an unknown one / a client's on the hub ports
         (info.client_url, None),
         (info.worker_url, None),
         (info.health_url, None),
@@ -453,7 +453,7 @@ def test_garbage_at_the_curve_ports_crashes_nothing(
     assert alice.submit(square, 4).cancel() is True
 
 
-# -- HMAC only (loopback default) --------------------------------------------------------------------
+# -- HMAC only (loopback default) ------------------------------------------------------------------
 def test_without_the_key_a_peer_cannot_submit_register_read_or_cancel(
     cluster: LocalCluster,
     connection_file: Path,
