@@ -1281,7 +1281,8 @@ class Balancer:
             task = self.tasks.get(task_id)
             if task is not None and task.timeout and now - task.submitted > task.timeout:
                 self.scheduler.cancel_queued(task.id)
-                self._fail(task, "TaskRejected", f"no worker could take it within {task.timeout:g} s: {task.reason}", now)
+                reason = f"no worker could take it within {task.timeout:g} s: {task.reason}"
+                self._fail(task, "TaskRejected", reason, now)
 
     def _expire(self, now: float) -> None:
         while self._retention and self._retention[0][0] <= now:

@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     status = sub.add_parser("status", help="show the balancer's state")
-    status.add_argument("--connect", "-c", help="plb-connection.json (default: $PLB_CONNECTION_FILE or the runtime dir)")
+    status.add_argument(
+        "--connect", "-c", help="plb-connection.json (default: $PLB_CONNECTION_FILE or the runtime dir)"
+    )
     status.add_argument("--json", action="store_true", help="print the raw snapshot")
     status.set_defaults(func=cmd_status)
 

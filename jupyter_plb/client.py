@@ -582,7 +582,7 @@ class _Submitter:
         return ClientView(self._connection, {**self._defaults, **overrides})
 
     # -- seed API ----------------------------------------------------------------------------------
-    def sendTask(  # noqa: N802
+    def sendTask(
         self, taskname: str, task: Any = None, userid: str | None = None, priority: float = 0
     ) -> dict[str, Any]:
         """Queue the hub task ``taskname`` with the JSON ``task``; ``{'taskid'}`` or ``{'error'}``."""
@@ -610,7 +610,7 @@ class _Submitter:
             return {"error": reply.header["rejected"][task_id]}
         return {"taskid": task_id}
 
-    def getTask(self, taskid: str | list[str]) -> dict[str, Any]:  # noqa: N802
+    def getTask(self, taskid: str | list[str]) -> dict[str, Any]:
         """``{'progress', 'result'}`` for one id, ``{id: {...}}`` for a list; progress None if unknown."""
         ids = [taskid] if isinstance(taskid, str) else list(taskid)
         conn = self._connection
@@ -675,7 +675,7 @@ class _Submitter:
                 answer[key] = info[key]
         return answer
 
-    def cancelTask(self, taskid: str) -> dict[str, Any]:  # noqa: N802
+    def cancelTask(self, taskid: str) -> dict[str, Any]:
         """Cancel a queued or running task: ``{'deleted': bool, 'from': 'queue'|'pending'|'done'|None}``."""
         self._connection.seed_results.pop(taskid, None)
         try:

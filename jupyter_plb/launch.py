@@ -136,7 +136,9 @@ class LocalCluster:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
-    def start_hub(self, workers: int = 2, name: str = "local", extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start_hub(
+        self, workers: int = 2, name: str = "local", extra_args: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a local WorkerHub child process connected to this balancer."""
         hub = start_local_hub(self.connection_file, workers, name=name, extra_args=extra_args)
         self.hubs.append(hub)
@@ -166,7 +168,7 @@ class LocalCluster:
         self.stop()
 
 
-def startAll(  # noqa: N802
+def startAll(
     params: parameters.Parameters | str | Path | None = None,
     *,
     monitor: bool = True,

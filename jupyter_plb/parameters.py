@@ -129,9 +129,8 @@ def _problem(key: str, value: Any) -> str | None:
     elif key in ("LB_PREFETCH", "LB_RESULT_MEMORY", "LB_MAX_MESSAGE_SIZE", "LB_MAX_PEERS"):
         if not _is_int(value) or value < 0:
             return f"must be an integer >= 0, got {value!r}"
-    elif _is_number(default):
-        if not _is_number(value) or value <= 0:
-            return f"must be a number > 0, got {value!r}"
+    elif _is_number(default) and (not _is_number(value) or value <= 0):
+        return f"must be a number > 0, got {value!r}"
     return None
 
 

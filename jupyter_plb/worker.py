@@ -10,8 +10,8 @@ import contextlib
 import inspect
 import io
 import logging
-import pickle
 import os
+import pickle
 import resource
 import signal
 import socket
@@ -145,7 +145,7 @@ class _Worker:
             "max_p": c.max_p,
             "process_p": c.process_p,
             "routes": sorted(self.routes),
-            "python": "%d.%d.%d" % sys.version_info[:3],
+            "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "cloudpickle": cloudpickle.__version__,
             "tasks": [spec.get("id") for spec, _ in self.pending],
         })

@@ -118,7 +118,9 @@ def ready_client(client: Client, start_hub: Callable[..., Any]) -> Client:
     return client
 
 
-def run_script(code: str, tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_script(
+    code: str, tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as ``__main__`` of a fresh interpreter."""
     script = tmp_path / "script.py"
     script.write_text(code)

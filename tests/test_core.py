@@ -142,7 +142,7 @@ def test_retries_rerun_a_task_whose_worker_died(ready_client: Client, tmp_path: 
 
 def test_timeout_kills_the_worker_and_fails_the_task(ready_client: Client) -> None:
     fut = ready_client.options(timeout=0.5).submit(slow, 60)
-    with pytest.raises(TaskTimeout, match="timeout of 0.5 s"):
+    with pytest.raises(TaskTimeout, match=r"timeout of 0\.5 s"):
         fut.result(timeout=30)
     wait_for(lambda: worker_count(ready_client) == 2, what="the worker to be replaced")
 

@@ -30,7 +30,8 @@ FIELDS = [
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), inner, max_size=5),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), inner, max_size=5),
     max_leaves=20,
 )
 headers = st.fixed_dictionaries(
@@ -81,9 +82,14 @@ def test_random_messages_never_break_the_balancer(fuzz_target, data: st.DataObje
 
 def test_after_fuzzing_the_good_client_is_still_served(fuzz_target) -> None:
     client, peers, session, caplog = fuzz_target
-    for port, sock in peers.items():
-        for header in ({"type": "submit", "tasks": [{"id": 1}] * 3}, {"type": "results", "results": [{"nbuf": 10**9}]},
-                       {"type": "get", "ids": "x" * 10}, {"type": "worker_ready", "worker": None}):
+    hostile = (
+        {"type": "submit", "tasks": [{"id": 1}] * 3},
+        {"type": "results", "results": [{"nbuf": 10**9}]},
+        {"type": "get", "ids": "x" * 10},
+        {"type": "worker_ready", "worker": None},
+    )
+    for sock in peers.values():
+        for header in hostile:
             sock.send_multipart(session.serialize(dict(header, req="f")))
         sock.send_multipart([protocol.VERSION, b"", b"{" * 50_000])
         sock.send_multipart([b"\xff" * 100_000])

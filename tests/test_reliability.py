@@ -95,7 +95,9 @@ def test_finished_results_survive_a_restart(balancer_process) -> None:
         stop_process(hub)
 
 
-def test_a_hub_that_stops_answering_has_its_tasks_requeued(make_cluster, connection_file: Path, start_hub, tmp_path: Path) -> None:
+def test_a_hub_that_stops_answering_has_its_tasks_requeued(
+    make_cluster, connection_file: Path, start_hub, tmp_path: Path
+) -> None:
     make_cluster(LB_PREFETCH=0)
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -124,7 +126,7 @@ def test_a_crash_looping_hub_is_marked_unhealthy(cluster, connection_file: Path,
         futures = [client.submit(crash, i) for i in range(6)]
         wait_for(lambda: any(h["state"] == "unhealthy" for h in client.hubs()), timeout=30, what="unhealthy")
         snapshot = client.status()
-        assert any("UNHEALTHY" in m for m in snapshot["health"]["messages"]) or snapshot["hubs"][0]["state"] == "unhealthy"
+        assert snapshot["hubs"][0]["state"] == "unhealthy"
         client.cancel([f.task_id for f in futures if not f.done()])
 
 
@@ -155,7 +157,9 @@ def test_results_beyond_the_memory_budget_go_to_the_journal(make_cluster, connec
             assert protocol.loads(first.buffers) == blobs[0], "read back from the journal"
 
 
-def test_without_a_journal_results_beyond_the_budget_are_dropped(make_cluster, connection_file: Path, start_hub) -> None:
+def test_without_a_journal_results_beyond_the_budget_are_dropped(
+    make_cluster, connection_file: Path, start_hub
+) -> None:
     cluster = make_cluster(LB_RESULT_MEMORY=2 << 20, LB_JOURNAL=False)
     with Client(connection_file=connection_file) as client:
         start_hub(1)

@@ -61,7 +61,7 @@ def test_seed_readme_flow(seed_dir: Path, caplog: pytest.LogCaptureFixture, monk
         )
         wait_for(lambda: caplog.text.count("LB - ADDING WORKER (worker_") == 2, what="2 workers")
 
-        CL = Client("parameters.json")  # noqa: N806 (the seed's name)
+        CL = Client("parameters.json")
         task = {"firstName": "John", "lastName": "Doe"}
         taskid = CL.sendTask("HELLO", task, userid="username").get("taskid")
         assert taskid
@@ -70,7 +70,8 @@ def test_seed_readme_flow(seed_dir: Path, caplog: pytest.LogCaptureFixture, monk
         assert "WORKER GOT TASK" in taskinfo["stdout"] and "'firstName': 'John'" in taskinfo["stdout"]
 
         batch = CL.getTask([taskid, "t_unknown"])
-        assert batch[taskid]["progress"] == 100 and batch["t_unknown"] == {"progress": None, "result": None, "state": None}
+        assert batch[taskid]["progress"] == 100
+        assert batch["t_unknown"] == {"progress": None, "result": None, "state": None}
         assert CL.cancelTask(taskid) == {"deleted": True, "from": "done", "state": "done"}
         assert CL.getTask(taskid)["progress"] is None
         CL.shutdown()

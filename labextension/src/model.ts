@@ -352,13 +352,28 @@ export function formatDuration(seconds: number | null | undefined): string {
   return `${Math.floor(total / 86400)}d ${pad(Math.floor((total % 86400) / 3600))}h`;
 }
 
-/** "0–9"; open ends shown as "?"; a single value "5". */
+/**
+ * Bounds at or beyond these mean "no limit": hubs started with `--workers N`
+ * accept any priority and report -1e9..1e9 (`ANY_PRIORITY` in hub.py).
+ */
+export const ANY_PRIORITY_MIN = -1e9;
+export const ANY_PRIORITY_MAX = 1e9;
+
+/** "0–9"; open ends shown as "?"; a single value "5"; -1e9..1e9 (or wider) "any". */
 export function formatPriorityRange(
   minP: number | null,
   maxP: number | null
 ): string {
   if (minP === null && maxP === null) {
     return '–';
+  }
+  if (
+    minP !== null &&
+    maxP !== null &&
+    minP <= ANY_PRIORITY_MIN &&
+    maxP >= ANY_PRIORITY_MAX
+  ) {
+    return 'any';
   }
   if (minP !== null && maxP !== null && minP === maxP) {
     return String(minP);

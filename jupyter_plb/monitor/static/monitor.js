@@ -50,6 +50,13 @@
   const pick = (value, allowed, fallback) => (allowed.includes(value) ? value : fallback);
 
   const intFmt = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+  // Hubs started with --workers N accept any priority and report -1e9..1e9 (hub.ANY_PRIORITY).
+  const fmtRange = (lo, hi) => {
+    const a = num(lo);
+    const b = num(hi);
+    if (a !== null && b !== null && a <= -1e9 && b >= 1e9) return 'any';
+    return `${a === null ? '?' : str(a)}–${b === null ? '?' : str(b)}`;
+  };
   const fmtInt = (x) => {
     const n = num(x);
     return n === null ? '–' : intFmt.format(n);
@@ -599,7 +606,7 @@
   const workerRows = makeRows([
     { cls: 'id', text: (x) => x.w.id },
     { cls: 'state-cell', init: (td) => td.appendChild(el('span', 'pill')), render: (td, x) => setPill(td.firstChild, x.w.state) },
-    { text: (x) => `${str(x.w.min_p ?? '?')}–${str(x.w.max_p ?? '?')}` },
+    { text: (x) => fmtRange(x.w.min_p, x.w.max_p) },
     { cls: 'num', text: (x) => str(x.w.process_p ?? '') },
     {
       init: nameCellInit,
