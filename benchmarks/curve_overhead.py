@@ -33,6 +33,21 @@ from jupyter_plb.client import Client  # noqa: E402
 from jupyter_plb.launch import stop_process  # noqa: E402
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    total, todo = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            todo += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 @contextmanager
 def balancer(curve: bool, workers: int) -> Iterator[Client]:
     """``plb start`` in a child process with a local hub; yields a connected client."""
@@ -65,6 +80,7 @@ def balancer(curve: bool, workers: int) -> Iterator[Client]:
                     time.sleep(0.01)
                 assert bool(client.connection_info.curve_serverkey) == curve
                 list(client.map(workloads.noop, range(200)))  # warm up: functions cached
+                client.cluster_pid = process.pid  # type: ignore[attr-defined]
                 yield client
             finally:
                 client.shutdown(wait=False, cancel_futures=True)
@@ -72,12 +88,15 @@ def balancer(curve: bool, workers: int) -> Iterator[Client]:
             stop_process(process)
 
 
-def throughput(client: Client, tasks: int) -> float:
+def throughput(client: Client, tasks: int) -> tuple[float, float]:
+    """Tasks per second, and CPU µs per task (balancer + hub + workers + this client)."""
+    cpu = tree_cpu(client.cluster_pid) + time.process_time()  # type: ignore[attr-defined]
     started = time.perf_counter()
     results = list(client.map(workloads.noop, range(tasks)))
     elapsed = time.perf_counter() - started
+    cpu = tree_cpu(client.cluster_pid) + time.process_time() - cpu  # type: ignore[attr-defined]
     assert results[-1] == tasks - 1
-    return tasks / elapsed
+    return tasks / elapsed, cpu / tasks * 1e6
 
 
 def latency_p50(client: Client, tasks: int = 300) -> float:
@@ -100,24 +119,29 @@ def main() -> None:
     with balancer(False, args.workers) as plain, balancer(True, args.workers) as curved:
         clients = {False: plain, True: curved}
         rates: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.repeats):
             for curve, client in clients.items():
-                rates[curve].append(throughput(client, args.tasks))
+                rate, cpu = throughput(client, args.tasks)
+                rates[curve].append(rate)
+                cpus[curve].append(cpu)
         for curve, client in clients.items():
             figures[curve] = {
                 "tasks_per_s": statistics.median(rates[curve]),
                 "min": min(rates[curve]),
                 "max": max(rates[curve]),
+                "cpu_us": statistics.median(cpus[curve]),
                 "latency_p50_us": latency_p50(client),
             }
     print(f"{args.tasks} no-op tasks, {args.workers} workers, median of {args.repeats} "
           f"(balancer in its own process, loopback, HMAC always on)")
     for curve, f in figures.items():
         print(f"  Curve {'on ' if curve else 'off'}: {f['tasks_per_s']:8.0f} tasks/s "
-              f"(min {f['min']:.0f}, max {f['max']:.0f}); sequential latency p50 "
-              f"{f['latency_p50_us']:.0f} µs")
+              f"(min {f['min']:.0f}, max {f['max']:.0f}); CPU {f['cpu_us']:.0f} µs/task "
+              f"(all processes); sequential latency p50 {f['latency_p50_us']:.0f} µs")
     on, off = figures[True], figures[False]
     print(f"  ratio on/off: throughput {on['tasks_per_s'] / off['tasks_per_s']:.2f}, "
+          f"CPU per task {on['cpu_us'] / off['cpu_us']:.2f}, "
           f"latency {on['latency_p50_us'] / off['latency_p50_us']:.2f}")
 
 

@@ -121,6 +121,7 @@ class Balancer:
         self._orphans_deadline = 0.0
         self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
+        self._went_idle: set[str] = set()
         self._result_bytes = 0
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
@@ -781,6 +782,8 @@ class Balancer:
         self._stealing.pop(task_id, None)
         released = self.scheduler.release(worker_id, task_id) if isinstance(task_id, str) else None
         slot = self.scheduler.slot_of(worker_id)
+        if released is not None and slot is not None and not slot.assigned:
+            self._went_idle.add(worker_id)
         if released is not None and slot is not None and slot.assigned:
             following = next(iter(slot.assigned.values()))
             if following.started is None:
@@ -1002,8 +1005,10 @@ class Balancer:
     # -- dispatch and results -----------------------------------------------------------------
     def _dispatch(self) -> None:
         assignments = self.scheduler.dispatch()
-        if not self.scheduler.queued_count:
-            self._steal_for_idle_slots()
+        if self._went_idle:
+            if not self.scheduler.queued_count:
+                self._steal_for_idle_slots()
+            self._went_idle.clear()
         if not assignments:
             return
         now = self.now()
@@ -1024,10 +1029,11 @@ class Balancer:
             self._send_tasks(slot_id, tasks)
 
     def _steal_for_idle_slots(self) -> None:
-        """Nothing is queued but a slot is idle: ask a busy worker to hand back a waiting task."""
+        """Nothing is queued but a slot went idle: ask a busy worker to hand back a waiting task."""
         thieves = {thief for _, thief in self._stealing.values()}
-        for slot in list(self.scheduler.slots.values()):
-            if slot.assigned or not slot.accepting or slot.id in thieves:
+        for slot_id in self._went_idle:
+            slot = self.scheduler.slot_of(slot_id)
+            if slot is None or slot.assigned or not slot.accepting or slot.id in thieves:
                 continue
             found = self.scheduler.stealable(slot, set(self._stealing))
             if found is None:
