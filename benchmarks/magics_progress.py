@@ -57,11 +57,7 @@ def balancer(workers: int) -> Iterator[Path]:
 
     folder = Path(tempfile.mkdtemp(prefix="plb-bench-"))
     params = folder / "parameters.json"
-    params.write_text(
-        json.dumps(
-            {"LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0, "MONITOR_PORT": 0}
-        )
-    )
+    params.write_text(json.dumps({"LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0, "MONITOR_PORT": 0}))
     conn = folder / "plb-connection.json"
     process = subprocess.Popen(
         [
@@ -105,9 +101,7 @@ def child_env(conn: Path) -> dict[str, str]:
 
 def alternating(repeats: int) -> list[str]:
     """plain, magic, magic, plain, …: neither kind always runs on the fresher balancer."""
-    return [
-        kind for i in range(repeats) for kind in (("plain", "magic"), ("magic", "plain"))[i % 2]
-    ]
+    return [kind for i in range(repeats) for kind in (("plain", "magic"), ("magic", "plain"))[i % 2]]
 
 
 def in_kernel(conn: Path, tasks: int, repeats: int) -> dict[str, float]:
@@ -132,9 +126,7 @@ def in_kernel(conn: Path, tasks: int, repeats: int) -> dict[str, float]:
             return "".join(out)
 
         run("%load_ext jupyter_plb\n" + SETUP)
-        run(
-            "bench('plain', 1000); bench('magic', 1000)"
-        )  # warm up: functions cached on the workers
+        run("bench('plain', 1000); bench('magic', 1000)")  # warm up: functions cached on the workers
         best = {"plain": 0.0, "magic": 0.0}
         for kind in alternating(repeats):
             rate = float(run(f"print(bench({kind!r}, {tasks}))").strip())

@@ -28,7 +28,7 @@ OUTPUT_TAIL = 20
 OUTPUT_PRINT_LIMIT = 1000
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
@@ -61,8 +61,7 @@ def _output_html(fut: Any) -> str:
         text = getattr(fut, stream, "")
         if text:
             blocks.append(
-                f'<pre class="plb-{stream}" style="margin:2px 0;color:{colour};'
-                f'white-space:pre-wrap">{esc(text)}</pre>'
+                f'<pre class="plb-{stream}" style="margin:2px 0;color:{colour};white-space:pre-wrap">{esc(text)}</pre>'
             )
     return "".join(blocks)
 
@@ -79,22 +78,16 @@ def future_html(fut: Any) -> str:
     if fut.worker:
         where = f"{esc(fut.worker)} @ {esc(fut.hub)}" if fut.hub else esc(fut.worker)
         parts.append(f"on {where}")
-    parts.append(_duration(fut.elapsed))
+    parts.append(duration(fut.elapsed))
     if state == "running" and fut.progress:
         pct = int(fut.progress)
-        parts.append(
-            f'<progress max="100" value="{pct}" style="width:8em;vertical-align:middle"></progress>'
-            f" {pct} %"
-        )
+        parts.append(f'<progress max="100" value="{pct}" style="width:8em;vertical-align:middle"></progress> {pct} %')
     if fut.warning:
         parts.append(f'<span style="color:#b36b00">{esc(fut.warning)}</span>')
     body = " · ".join(parts) + _output_html(fut)
     if state == "failed" and fut.done():
         exc = fut.exception()
-        body += (
-            f'<pre style="color:#d62728;white-space:pre-wrap">{esc(repr(exc))}\n'
-            f"{esc(remote_traceback(exc))}</pre>"
-        )
+        body += f'<pre style="color:#d62728;white-space:pre-wrap">{esc(repr(exc))}\n{esc(remote_traceback(exc))}</pre>'
     return f'<div class="plb-future">PlbFuture · {body}</div>'
 
 
@@ -115,12 +108,11 @@ def print_output(fut: Any, header: bool = False) -> None:
 def print_outputs(futures: Iterable[Any], limit: int = OUTPUT_PRINT_LIMIT) -> None:
     """:func:`print_output` for a batch, in order, a header per task; stop after ``limit`` lines."""
     printed = 0
-    with_output = [f for f in futures if f.done() and (f.stdout or f.stderr)]
+    with_output = [f for f in futures if f.stdout or f.stderr]  # set when a future settles
     for index, fut in enumerate(with_output):
         if printed >= limit:
             print(
-                f"... output of {len(with_output) - index} more task(s) not shown; "
-                "see their futures' .stdout/.stderr"
+                f"... output of {len(with_output) - index} more task(s) not shown; see their futures' .stdout/.stderr"
             )
             return
         print_output(fut, header=len(with_output) > 1)
@@ -181,9 +173,7 @@ class BatchCounter:
         """Counts, rate and ETA; ``running`` are task ids the balancer says are running."""
         with self.changed:
             pending = list(self._pending)
-        busy = sum(
-            1 for f in pending if f.state == "running" or getattr(f, "task_id", None) in running
-        )
+        busy = sum(1 for f in pending if f.state == "running" or getattr(f, "task_id", None) in running)
         elapsed = time.monotonic() - self.started
         rate = self.finished / elapsed if elapsed > 0 else 0.0
         left = max(0, self.total - self.finished)
@@ -218,7 +208,7 @@ def progress_text(counts: dict[str, float], label: str = "", width: int = 30) ->
     filled = min(width, int(width * finished / total))
     bar = "#" * filled + "-" * (width - filled)
     eta = counts["eta"]
-    eta_text = _duration(eta) if eta == eta else "?"
+    eta_text = duration(eta) if eta == eta else "?"
     return (
         f"{label} [{bar}] {int(finished)}/{int(counts['total'])} done {int(counts['done'])} "
         f"failed {int(counts['failed'])} running {int(counts['running'])} "
@@ -248,9 +238,7 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.interval = 1.0 / refresh
 
-    def show(
-        self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False
-    ) -> None:
+    def show(self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False) -> None:
         self.stream.write("\r" + progress_text(counts, self.label) + ("\n" if final else ""))
         self.stream.flush()
 
@@ -329,12 +317,9 @@ class Report:
 _CELL = "text-align:left;padding:1px 12px 1px 0"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th style='{_CELL}'>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='{_CELL}'>{esc(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td style='{_CELL}'>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return (
         "<table class='plb-table' style='border-collapse:collapse;margin:2px 0'>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -357,7 +342,7 @@ def _worker_task(worker: dict[str, Any]) -> str:
     return f"{task.get('name', '')} ({task.get('user', '')}) {task.get('id', '')}"
 
 
-def _hub_rows(hubs: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def hub_rows(hubs: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for hub in hubs:
         for worker in hub.get("workers", []) or [{}]:
@@ -386,8 +371,7 @@ def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
         workers = hub.get("workers", [])
         busy = sum(w.get("state") == "busy" for w in workers)
         lines.append(
-            f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: "
-            f"{len(workers)} workers, {busy} busy"
+            f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: {len(workers)} workers, {busy} busy"
         )
         for worker in workers:
             current = _worker_task(worker)
@@ -396,7 +380,7 @@ def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
                 f" done {worker.get('done', 0)}" + (f" running {current}" if current else "")
             )
     text = "\n".join(lines) or "no hubs connected"
-    body = _table(HUB_HEADERS, _hub_rows(hubs)) if hubs else "<i>no hubs connected</i>"
+    body = html_table(HUB_HEADERS, hub_rows(hubs)) if hubs else "<i>no hubs connected</i>"
     return Report(list(hubs), text, f"<div class='plb-hubs'>{body}</div>")
 
 
@@ -415,52 +399,36 @@ def status_report(snapshot: dict[str, Any]) -> Report:
     counts = ", ".join(f"{k} {v}" for k, v in totals.items())
     lines = [head, "  " + counts, *("  " + m for m in health.get("messages", []))]
     lines += [
-        f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, "
-        f"failed {u['failed']}"
+        f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, failed {u['failed']}"
         for u in users
     ]
+    lines += [f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}" for f in failures[-5:]]
     lines += [
-        f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}"
-        for f in failures[-5:]
-    ]
-    lines += [
-        f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: "
-        f"{u.get('reason')}"
+        f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: {u.get('reason')}"
         for u in waiting[:5]
     ]
     hubs = hubs_report(snapshot.get("hubs", []))
     text = "\n".join([*lines, hubs.text])
-    user_rows = [
-        [u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)]
-        for u in users
-    ]
+    user_rows = [[u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)] for u in users]
     parts = [
         f"<div><b>{esc(head)}</b></div>",
         f"<div>{esc(counts)}</div>",
         *(f"<div style='color:#b36b00'>{esc(m)}</div>" for m in health.get("messages", [])),
-        _table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows)
-        if users
-        else "",
+        html_table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows) if users else "",
         hubs.html,
     ]
     if failures:
         parts.append(
-            _table(
+            html_table(
                 ("failed task", "name", "user", "error"),
-                [
-                    [f.get("id"), f.get("name"), f.get("user"), f.get("error")]
-                    for f in failures[-5:]
-                ],
+                [[f.get("id"), f.get("name"), f.get("user"), f.get("error")] for f in failures[-5:]],
             )
         )
     if waiting:
         parts.append(
-            _table(
+            html_table(
                 ("waiting task", "name", "user", "priority", "why"),
-                [
-                    [u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")]
-                    for u in waiting[:5]
-                ],
+                [[u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")] for u in waiting[:5]],
             )
         )
     return Report(snapshot, text, "<div class='plb-status'>" + "".join(parts) + "</div>")

@@ -114,6 +114,11 @@ class RemoteHub:
     def returncode(self) -> int | None:
         return self.process.poll() if self.process is not None else None
 
+    @property
+    def cert_path(self) -> str:
+        """Where the hub's own CurveZMQ certificate goes on the host (when Curve is on)."""
+        return f"{self.remote_path}.key_secret"
+
     def explain(self, code: int) -> str:
         """Why this hub's ssh session ended, in a sentence, with its last lines."""
         if code == 0:
@@ -207,6 +212,12 @@ class SSHLauncher:
              f"{hub.host}:{hub.remote_path}"],
             self._ssh(hub.host, f"chmod 600 {shlex.quote(hub.remote_path)}"),
         ]
+        if self.info.curve_serverkey:
+            steps += [
+                [self.scp, "-q", *self.ssh_options, str(self._issue_certificate(hub)),
+                 f"{hub.host}:{hub.cert_path}"],
+                self._ssh(hub.host, f"chmod 600 {shlex.quote(hub.cert_path)}"),
+            ]
         for command in steps:
             try:
                 done = subprocess.run(
@@ -224,13 +235,21 @@ class SSHLauncher:
                     f"({os.path.basename(command[0])} failed: {detail})"
                 )
 
+    def _issue_certificate(self, hub: RemoteHub) -> Path:
+        """With CurveZMQ on, each remote hub gets its own certificate, allowed at the balancer."""
+        from . import security
+
+        report = security.keygen(self.info.security_dir or None, hubs=[hub.name])
+        return next(path for role, name, path in report.issued if role == "hub" and name == hub.name)
+
     def remote_hub_command(self, hub: RemoteHub) -> str:
         """The shell command run on ``hub.host``."""
         args = [
             "hub", "--connect", hub.remote_path, "--name", hub.name, "--exit-with-stdin",
             *self.options.arguments(),
         ]
-        return f"exec {self.remote_command} {shlex.join(args)}"
+        env = f"PLB_HUB_CERT={shlex.quote(hub.cert_path)} " if self.info.curve_serverkey else ""
+        return f"{env}exec {self.remote_command} {shlex.join(args)}"
 
     def _launch(self, hub: RemoteHub) -> None:
         hub.process = subprocess.Popen(
@@ -342,7 +361,7 @@ class SSHLauncher:
             if hub.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                     subprocess.run(
-                        self._ssh(hub.host, f"rm -f {shlex.quote(hub.remote_path)}"),
+                        self._ssh(hub.host, f"rm -f {shlex.quote(hub.remote_path)} {shlex.quote(hub.cert_path)}"),
                         stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
                     )
 

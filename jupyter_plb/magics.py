@@ -78,13 +78,9 @@ def task_options(func: Any) -> Any:
         func,
         [
             argument_group("task options"),
-            argument(
-                "-p", "--priority", type=float, help="task priority (workers take a range of them)"
-            ),
+            argument("-p", "--priority", type=float, help="task priority (workers take a range of them)"),
             argument("-u", "--user", help="the fairness bucket (default: $PLB_USER or your login)"),
-            argument(
-                "--timeout", type=positive, metavar="SECONDS", help="kill the task after SECONDS"
-            ),
+            argument("--timeout", type=positive, metavar="SECONDS", help="kill the task after SECONDS"),
             argument("--retries", type=int, metavar="N", help="retry N times if its worker dies"),
             argument(
                 "-o",
@@ -99,9 +95,7 @@ def task_options(func: Any) -> Any:
 
 def wait_options(func: Any) -> Any:
     """``--timeout`` for the subcommands that wait for results."""
-    return argument(
-        "--timeout", type=positive, metavar="SECONDS", help="give up waiting after SECONDS"
-    )(func)
+    return argument("--timeout", type=positive, metavar="SECONDS", help="give up waiting after SECONDS")(func)
 
 
 # -- parsing and evaluating notebook code ----------------------------------------------------------
@@ -162,9 +156,7 @@ def _expression(source: str, what: str) -> ast.expr:
         raise UsageError(f"syntax error in {what} {source!r}: {exc.msg}") from None
 
 
-def evaluate_call(
-    source: str, ns: Namespace
-) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
+def evaluate_call(source: str, ns: Namespace) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
     """``f(x, *rest, y=1, **kw)`` → the callee and its arguments, evaluated in ``ns``."""
     call = _expression(source, "the call")
     if not isinstance(call, ast.Call):
@@ -195,9 +187,7 @@ def split_function_and_iterable(source: str) -> tuple[str, str]:
             head, tail = source[:index].strip(), source[index:].strip()
             if head and tail and _parses(head) and _parses(tail):
                 return head, tail
-    raise UsageError(
-        f"expected a function and an iterable, like: %plb map f range(10); got {source!r}"
-    )
+    raise UsageError(f"expected a function and an iterable, like: %plb map f range(10); got {source!r}")
 
 
 def _parses(source: str) -> bool:
@@ -250,9 +240,7 @@ def cell_function(source: str, ns: Namespace) -> Callable[[], Any]:
     missing = sorted(n for n in read - bound if n not in ns and not hasattr(builtins, n))
     if missing:
         raise UsageError(f"name {missing[0]!r} is not defined in the notebook")
-    body = [
-        _TopLevel().visit(stmt) if isinstance(stmt, ast.AnnAssign) else stmt for stmt in tree.body
-    ]
+    body = [_TopLevel().visit(stmt) if isinstance(stmt, ast.AnnAssign) else stmt for stmt in tree.body]
     if isinstance(body[-1], ast.Expr):
         body[-1] = ast.copy_location(ast.Return(value=body[-1].value), body[-1])
     module = ast.parse("def __plb_cell__():\n    pass\n", CELL_FILE)
@@ -358,9 +346,7 @@ class PlbMagics(Magics):
             from .client import Client
 
             try:
-                self._client = Client(
-                    connection_file=self.connection_file, connect_timeout=CONNECT_TIMEOUT
-                )
+                self._client = Client(connection_file=self.connection_file, connect_timeout=CONNECT_TIMEOUT)
             except PlbError as exc:
                 raise UsageError(f"no balancer reachable: {exc}") from None
         return self._client
@@ -385,9 +371,7 @@ class PlbMagics(Magics):
     # -- helpers -----------------------------------------------------------------------------------
     def _view(self, args: argparse.Namespace) -> Any:
         overrides = {
-            k: getattr(args, k)
-            for k in ("priority", "user", "timeout", "retries")
-            if getattr(args, k) is not None
+            k: getattr(args, k) for k in ("priority", "user", "timeout", "retries") if getattr(args, k) is not None
         }
         return self.client.options(**overrides) if overrides else self.client
 
@@ -445,9 +429,7 @@ class PlbMagics(Magics):
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 print(f"{fut.task_id} {fut.name} failed: {fut.exception()!r}", file=sys.stderr)
         if pending:
-            raise UsageError(
-                f"{len(pending)} of {len(futures)} task(s) still unfinished after {timeout:g} s"
-            )
+            raise UsageError(f"{len(pending)} of {len(futures)} task(s) still unfinished after {timeout:g} s")
 
     # -- subcommands -------------------------------------------------------------------------------
     @magic_arguments(name="plb submit")
@@ -504,9 +486,7 @@ class PlbMagics(Magics):
         try:
             items = list(iterable)
         except TypeError:
-            raise UsageError(
-                f"{items_source!r} is a {type(iterable).__name__}, not an iterable"
-            ) from None
+            raise UsageError(f"{items_source!r} is a {type(iterable).__name__}, not an iterable") from None
         batch = MapView(self._view(args), items, args.chunksize)
         label = f"{getattr(fn, '__qualname__', 'map')} over {len(items)} items"
         # with --async only a widget follows the batch: a text line would scribble over the prompt
@@ -532,17 +512,13 @@ class PlbMagics(Magics):
         if args.asynchronous:
             return futures
         show.print_outputs(futures)
-        results: list[Any] = []
-        for fut in futures:
+        for fut in futures if batch.counter.failed or batch.counter.cancelled else ():
             if fut.cancelled():
                 raise UsageError(f"task {fut.task_id} of the map was cancelled")
             if fut.exception() is not None:
                 raise with_remote_traceback(fut.exception(), fut)
-            if args.chunksize > 1:
-                results.extend(fut.result())
-            else:
-                results.append(fut.result())
-        return results
+        results = [fut.result() for fut in futures]
+        return [x for chunk in results for x in chunk] if args.chunksize > 1 else results
 
     def _cancel_quietly(self, pending: list[str]) -> None:
         if pending:
@@ -565,9 +541,7 @@ class PlbMagics(Magics):
             return show.hubs_report(self.client.hubs())
 
     @magic_arguments(name="plb result")
-    @argument(
-        "id", nargs="?", help="task id or a variable holding a future (default: the last task)"
-    )
+    @argument("id", nargs="?", help="task id or a variable holding a future (default: the last task)")
     @wait_options
     def _result(self, rest: str, cell: str | None, ns: Namespace) -> Any:
         """Wait for one task, print what it printed, return its result (or show its error)."""
@@ -581,9 +555,7 @@ class PlbMagics(Magics):
         if not futures:
             return self._foreign_result(args.id)
         if len(futures) > 1:
-            raise UsageError(
-                f"{args.id} holds {len(futures)} futures; wait for them with %plb wait {args.id}"
-            )
+            raise UsageError(f"{args.id} holds {len(futures)} futures; wait for them with %plb wait {args.id}")
         fut = futures[0]
         done, _ = concurrent.futures.wait([fut], args.timeout)
         if not done:
@@ -601,9 +573,7 @@ class PlbMagics(Magics):
             info = self.client.getTask(task_id)
         state = info.get("state")
         if state is None:
-            raise UsageError(
-                f"unknown task {task_id!r}: not submitted from here and unknown to the balancer"
-            )
+            raise UsageError(f"unknown task {task_id!r}: not submitted from here and unknown to the balancer")
         for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
             if info.get(stream):
                 out.write(info[stream])
@@ -611,9 +581,7 @@ class PlbMagics(Magics):
             return info["result"]
         if state in ("failed", "cancelled"):
             raise UsageError(f"task {task_id} {state}: {info.get('error', '')}")
-        raise UsageError(
-            f"task {task_id} is {state}; only tasks submitted from this notebook can be waited for"
-        )
+        raise UsageError(f"task {task_id} is {state}; only tasks submitted from this notebook can be waited for")
 
     @magic_arguments(name="plb wait")
     @argument(
@@ -668,13 +636,9 @@ class PlbMagics(Magics):
         with self._balancer():
             replies = self.client.cancel(ids)
         # the balancer's "cancelled" results follow its reply: let the futures catch up
-        concurrent.futures.wait(
-            [f for f in futures if replies.get(f.task_id, {}).get("cancelled")], 5
-        )
+        concurrent.futures.wait([f for f in futures if replies.get(f.task_id, {}).get("cancelled")], 5)
         cancelled = sum(bool(r.get("cancelled")) for r in replies.values())
-        unknown = [
-            i for i, r in replies.items() if r.get("state") is None and not r.get("cancelled")
-        ]
+        unknown = [i for i, r in replies.items() if r.get("state") is None and not r.get("cancelled")]
         finished = len(replies) - cancelled - len(unknown)
         line = f"cancelled {cancelled} of {len(ids)} task(s)"
         if finished:
@@ -684,9 +648,7 @@ class PlbMagics(Magics):
         print(line)
 
     @magic_arguments(name="plb dashboard")
-    @argument(
-        "--refresh", type=positive, default=1.0, metavar="SECONDS", help="seconds between refreshes"
-    )
+    @argument("--refresh", type=positive, default=1.0, metavar="SECONDS", help="seconds between refreshes")
     @argument(
         "-o",
         "--out",
@@ -698,9 +660,7 @@ class PlbMagics(Magics):
         """A live panel: per-user queues, hubs and workers, throughput, failures, cancel buttons."""
         args = self._dashboard.parser.parse_argstring(rest)
         if not show.in_kernel():
-            raise UsageError(
-                "%plb dashboard needs a Jupyter kernel (ipywidgets); here use %plb status"
-            )
+            raise UsageError("%plb dashboard needs a Jupyter kernel (ipywidgets); here use %plb status")
         from .widgets import Dashboard
 
         dashboard = Dashboard(self.client, refresh=args.refresh)
@@ -709,9 +669,7 @@ class PlbMagics(Magics):
         display(dashboard)
 
     @magic_arguments(name="plb connect")
-    @argument(
-        "file", nargs="?", help="the balancer's plb-connection.json (default: $PLB_CONNECTION_FILE)"
-    )
+    @argument("file", nargs="?", help="the balancer's plb-connection.json (default: $PLB_CONNECTION_FILE)")
     def _connect(self, rest: str, cell: str | None, ns: Namespace) -> None:
         """Connect (again) to a balancer, now."""
         args = self._connect.parser.parse_argstring(rest)
@@ -732,9 +690,7 @@ class PlbMagics(Magics):
             return
         handler = SUBCOMMANDS.get(args.subcommand)
         if handler is None:
-            raise UsageError(
-                f"unknown subcommand {args.subcommand!r}; one of: {', '.join(SUBCOMMANDS)}"
-            )
+            raise UsageError(f"unknown subcommand {args.subcommand!r}; one of: {', '.join(SUBCOMMANDS)}")
         print(handler.parser.format_help())
 
     # -- the entry point ---------------------------------------------------------------------------
@@ -749,9 +705,7 @@ class PlbMagics(Magics):
             return None
         handler = SUBCOMMANDS.get(name)
         if handler is None:
-            raise UsageError(
-                f"unknown subcommand {name!r}; use one of: {', '.join(SUBCOMMANDS)} (see %plb?)"
-            )
+            raise UsageError(f"unknown subcommand {name!r}; use one of: {', '.join(SUBCOMMANDS)} (see %plb?)")
         if cell is not None and name != "submit":
             raise UsageError(f"%%plb {name} does not take a cell; only %%plb submit does")
         user_ns = self.shell.user_ns
@@ -780,10 +734,7 @@ SUBCOMMANDS: dict[str, Any] = {
 
 
 def _overview() -> str:
-    usages = "\n".join(
-        "  " + " ".join(handler.parser.format_usage().split()[1:])
-        for handler in SUBCOMMANDS.values()
-    )
+    usages = "\n".join("  " + " ".join(handler.parser.format_usage().split()[1:]) for handler in SUBCOMMANDS.values())
     return f"""Run Python tasks on the jupyter_plb balancer's workers.
 
 Subcommands:
@@ -810,9 +761,7 @@ def register(ipython: Any) -> PlbMagics:
     if getattr(ipython, "kernel", None) is not None:
         from .widgets import show_future
 
-        ipython.display_formatter.ipython_display_formatter.for_type_by_name(
-            *FUTURE_TYPE, show_future
-        )
+        ipython.display_formatter.ipython_display_formatter.for_type_by_name(*FUTURE_TYPE, show_future)
     return magics
 
 

@@ -18,11 +18,11 @@ import ipywidgets as widgets
 
 from .display import (
     HUB_HEADERS,
-    _duration,
-    _hub_rows,
-    _table,
+    duration,
     esc,
     future_html,
+    html_table,
+    hub_rows,
 )
 
 #: Seconds between refreshes of the live future views.
@@ -104,9 +104,7 @@ class BatchProgress(widgets.VBox):
     """A batch's bar and counts (done/failed/running/queued, rate, ETA) and its output tail."""
 
     def __init__(self, label: str = "") -> None:
-        self.bar = widgets.IntProgress(
-            value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="30%")
-        )
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, bar_style="info", layout=widgets.Layout(width="30%"))
         self.title = widgets.HTML(
             f"<b style='white-space:nowrap'>{esc(label)}</b>",
             layout=widgets.Layout(width="auto", margin="0 8px 0 0"),
@@ -116,24 +114,16 @@ class BatchProgress(widgets.VBox):
         super().__init__([widgets.HBox([self.title, self.bar, self.numbers]), self.output])
         self.add_class("plb-batch")
 
-    def show(
-        self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False
-    ) -> None:
+    def show(self, counts: dict[str, float], output: Sequence[str] = (), final: bool = False) -> None:
         total = int(counts["total"])
         finished = int(counts["done"] + counts["failed"] + counts["cancelled"])
-        style = (
-            "danger" if counts["failed"] else ("success" if final and finished >= total else "info")
-        )
+        style = "danger" if counts["failed"] else ("success" if final and finished >= total else "info")
         eta = counts["eta"]
         numbers = (
             f"{finished}/{total} · done {int(counts['done'])} · failed {int(counts['failed'])} · "
             f"running {int(counts['running'])} · queued {int(counts['queued'])} · "
             f"{counts['rate']:.0f}/s · "
-            + (
-                f"took {_duration(counts['elapsed'])}"
-                if final
-                else f"ETA {_duration(eta) if eta == eta else '?'}"
-            )
+            + (f"took {duration(counts['elapsed'])}" if final else f"ETA {duration(eta) if eta == eta else '?'}")
         )
         if counts["cancelled"]:
             numbers += f" · cancelled {int(counts['cancelled'])}"
@@ -143,8 +133,7 @@ class BatchProgress(widgets.VBox):
         _update(
             self.output,
             value=(
-                f"<pre class='plb-output' style='margin:0;max-height:12em;overflow:auto'>"
-                f"{esc(tail)}</pre>"
+                f"<pre class='plb-output' style='margin:0;max-height:12em;overflow:auto'>{esc(tail)}</pre>"
                 if tail
                 else ""
             ),
@@ -158,9 +147,7 @@ def sparkline(points: Sequence[float], width: int = 240, height: int = 32) -> st
         return ""
     top = max(max(points), 1)
     step = width / max(len(points) - 1, 1)
-    coords = " ".join(
-        f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(points)
-    )
+    coords = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(points))
     return (
         f'<svg width="{width}" height="{height}" class="plb-spark">'
         f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/></svg>'
@@ -172,21 +159,17 @@ def header_html(snapshot: dict[str, Any]) -> str:
     balancer, totals = snapshot.get("balancer", {}), snapshot.get("totals", {})
     health = snapshot.get("health", {})
     rate = snapshot.get("rates", {}).get("done_per_s", 0)
-    colour = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}.get(
-        health.get("status"), "#555"
-    )
+    colour = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}.get(health.get("status"), "#555")
     counts = " · ".join(
         f"<span class='plb-{esc(k)}'>{esc(k)} <b>{esc(totals.get(k, 0))}</b></span>"
         for k in ("queued", "running", "done", "failed", "cancelled")
     )
-    messages = "".join(
-        f"<div style='color:{colour}'>{esc(m)}</div>" for m in health.get("messages", [])
-    )
+    messages = "".join(f"<div style='color:{colour}'>{esc(m)}</div>" for m in health.get("messages", []))
     done = [p.get("done", 0) for p in snapshot.get("throughput", [])][-SPARK_POINTS:]
     return (
         f"<div class='plb-header'><b>jupyter_plb</b> balancer "
         f"<code>{esc(balancer.get('id', '?'))}</code>"
-        f" · up {_duration(float(balancer.get('uptime', 0)))} · health "
+        f" · up {duration(float(balancer.get('uptime', 0)))} · health "
         f"<b style='color:{colour}'>{esc(health.get('status', '?'))}</b></div>"
         f"<div class='plb-totals'>{counts}</div>"
         f"<div class='plb-throughput'><span class='plb-rate'>{float(rate):.0f}</span> tasks/s "
@@ -208,16 +191,14 @@ def failures_html(snapshot: dict[str, Any], limit: int = 10) -> str:
         ]
         for f in reversed(failures)
     ]
-    return "<b>Recent failures</b>" + _table(("time", "task", "name", "user", "error"), rows)
+    return "<b>Recent failures</b>" + html_table(("time", "task", "name", "user", "error"), rows)
 
 
 def hubs_html(snapshot: dict[str, Any]) -> str:
     hubs = snapshot.get("hubs", [])
     if not hubs:
-        return (
-            "<b>Hubs</b> <i>none connected: start one with <code>plb hub --connect FILE</code></i>"
-        )
-    return "<b>Hubs and workers</b>" + _table(HUB_HEADERS, _hub_rows(hubs))
+        return "<b>Hubs</b> <i>none connected: start one with <code>plb hub --connect FILE</code></i>"
+    return "<b>Hubs and workers</b>" + html_table(HUB_HEADERS, hub_rows(hubs))
 
 
 class _UserRow(widgets.HBox):
@@ -283,9 +264,7 @@ class Dashboard(widgets.VBox):
         self.failures = widgets.HTML()
         self.task_id = widgets.Text(placeholder="task id", layout=widgets.Layout(width="18em"))
         self.cancel_task = widgets.Button(description="cancel task", button_style="warning")
-        self.close_button = widgets.Button(
-            description="close", tooltip="stop and close the dashboard"
-        )
+        self.close_button = widgets.Button(description="close", tooltip="stop and close the dashboard")
         self.message = widgets.HTML()
         self.cancel_task.on_click(lambda _: self._request("task", self.task_id.value.strip()))
         self.close_button.on_click(lambda _: self.close())
@@ -375,9 +354,7 @@ class Dashboard(widgets.VBox):
     def _cancel_user(self, user: str) -> str:
         cancelled = 0
         for _ in range(1000):  # 1000 ids per request; a user holds at most LB_QUEING_MAXPERUSER
-            ids = [
-                t["id"] for t in self.client.tasks(state="queued", user=user, limit=1000)["tasks"]
-            ]
+            ids = [t["id"] for t in self.client.tasks(state="queued", user=user, limit=1000)["tasks"]]
             if not ids:
                 break
             cancelled += sum(bool(r.get("cancelled")) for r in self.client.cancel(ids).values())
@@ -393,12 +370,7 @@ class Dashboard(widgets.VBox):
 
     def show(self, snapshot: dict[str, Any]) -> None:
         """Render a snapshot (the shape of ``Client.status()``)."""
-        workers = [
-            w
-            for h in snapshot.get("hubs", [])
-            if h.get("state") == "ok"
-            for w in h.get("workers", [])
-        ]
+        workers = [w for h in snapshot.get("hubs", []) if h.get("state") == "ok" for w in h.get("workers", [])]
         busy = sum(w.get("state") == "busy" for w in workers)
         users = snapshot.get("users", [])
         longest = max((int(u["queued"]) for u in users), default=0)

@@ -315,3 +315,30 @@ def test_submitting_reports_a_missing_or_refusing_scheduler(
     assert refused.returncode == 2 and "qsub: error: Unknown queue" in refused.stderr
     bad = plb("slurm", "--connect", str(connection_file), "--time", "1:00; rm -rf /", "--dry-run")
     assert bad.returncode == 2 and "--time must look like 1:00:00" in bad.stderr
+
+
+def test_plb_ssh_gives_each_remote_hub_its_own_certificate_under_curve(
+    sshd: SSHServer, make_cluster, connection_file: Path, tmp_path: Path
+) -> None:
+    make_cluster(LB_CURVE=True, LB_SECURITY_DIR=str(tmp_path / "security"))
+    remote_dir = tmp_path / "remote"
+    output = tmp_path / "plb-ssh.out"
+    with Client(connection_file=connection_file) as client, open(output, "wb") as out:
+        launcher = subprocess.Popen(
+            [*PLB, "ssh", "127.0.0.1", "--connect", str(connection_file), "--workers", "1",
+             "--grace", "5", "--remote-command", REMOTE_PLB, "--remote-dir", str(remote_dir),
+             *ssh_args(sshd)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            wait_for(lambda: worker_count(client) == 1, timeout=60, what="the hub started over ssh with Curve")
+            assert client.submit(square, 7).result(timeout=30) == 49
+            certs = list(remote_dir.glob("*.key_secret"))
+            assert len(certs) == 1 and stat.S_IMODE(certs[0].stat().st_mode) == 0o600
+            assert (tmp_path / "security" / "hubs").is_dir()
+            launcher.send_signal(signal.SIGINT)
+            assert launcher.wait(30) == 0, output.read_text()
+        finally:
+            stop_process(launcher)
+    assert not list(remote_dir.glob("*.key_secret")), "the hub's secret key is removed afterwards"

@@ -153,18 +153,14 @@ def test_unload_ext_removes_the_magics_and_cancels_pending_tasks(
     run(ip, "%load_ext jupyter_plb")
 
 
-def test_connect_to_a_named_file(
-    ip: Any, balancer: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_connect_to_a_named_file(ip: Any, balancer: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(ip, f"%plb connect {balancer}")
     assert "connected to balancer lb_" in capsys.readouterr().out
     assert magics_of(ip).connection_file == balancer
     assert run(ip, "%plb submit double(4)").result(30) == 8
 
 
-def test_a_missing_connection_file_is_one_line(
-    ip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_missing_connection_file_is_one_line(ip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = usage_error(ip, f"%plb connect {tmp_path / 'nope.json'}", capsys)
     assert "no balancer reachable" in line and "nope.json" in line
 
@@ -240,8 +236,7 @@ def test_submit_does_not_expand_dollar_or_braces(ip: Any) -> None:
 def test_submit_inside_a_function_sees_its_locals(ip: Any) -> None:
     run(
         ip,
-        "def inner():\n    local_value = 21\n    fut = %plb submit double(local_value)\n"
-        "    return fut.result(30)",
+        "def inner():\n    local_value = 21\n    fut = %plb submit double(local_value)\n    return fut.result(30)",
     )
     assert run(ip, "inner()") == 42
 
@@ -320,9 +315,7 @@ def test_bad_input_is_one_usage_error_line(
 
 
 # -- %plb map --------------------------------------------------------------------------------------
-def test_map_returns_the_results_with_a_text_progress_bar(
-    ip: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_map_returns_the_results_with_a_text_progress_bar(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert run(ip, "squares = %plb map double range(30) --chunksize 4") is None
     assert ip.user_ns["squares"] == [2 * i for i in range(30)]
@@ -349,9 +342,7 @@ def test_map_async_returns_futures_and_stores_them(ip: Any) -> None:
     assert [f.result(30) for f in futures] == [3 * i for i in range(10)]
 
 
-def test_map_failure_shows_the_remote_traceback(
-    ip: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_map_failure_shows_the_remote_traceback(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     result = ip.run_cell("%plb map inverse [1, 0, 2]")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
@@ -396,9 +387,7 @@ def test_status_and_hubs_reports(ip: Any) -> None:
     assert len(hubs.data) == 1 and "magics-hub" in hubs._repr_html_()
 
 
-def test_result_prints_the_output_and_returns_the_value(
-    ip: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_result_prints_the_output_and_returns_the_value(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     run(ip, "f1 = %plb submit shout('one')")
     fut = ip.user_ns["f1"]
     capsys.readouterr()
@@ -409,9 +398,7 @@ def test_result_prints_the_output_and_returns_the_value(
     assert run(ip, "%plb result f1") == "ONE"
 
 
-def test_result_of_a_failed_task_shows_its_remote_traceback(
-    ip: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_result_of_a_failed_task_shows_its_remote_traceback(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     run(ip, "%plb submit inverse(0)")
     capsys.readouterr()
     result = ip.run_cell("%plb result")
@@ -426,14 +413,10 @@ def test_result_of_a_task_another_client_sent(ip: Any, other_client: Client) -> 
     assert run(ip, f"%plb result {fut.task_id}") == 4
 
 
-def test_result_and_wait_time_out_with_one_line(
-    ip: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_result_and_wait_time_out_with_one_line(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     run(ip, "sleeper = %plb submit nap(30)")
     assert "still" in usage_error(ip, "%plb result --timeout 0.1 sleeper", capsys)
-    assert "1 of 1 task(s) still unfinished after 0.1 s" in usage_error(
-        ip, "%plb wait --timeout 0.1", capsys
-    )
+    assert "1 of 1 task(s) still unfinished after 0.1 s" in usage_error(ip, "%plb wait --timeout 0.1", capsys)
     run(ip, "%plb cancel sleeper")
     assert ip.user_ns["sleeper"].cancelled()
 
@@ -441,8 +424,7 @@ def test_result_and_wait_time_out_with_one_line(
 def test_wait_prints_outputs_and_failures(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     run(
         ip,
-        "a = %plb submit shout('x')\nb = %plb submit inverse(0)\n"
-        "c = %plb map --async double range(3)",
+        "a = %plb submit shout('x')\nb = %plb submit inverse(0)\nc = %plb map --async double range(3)",
     )
     capsys.readouterr()
     run(ip, "%plb wait a b c")
@@ -454,9 +436,7 @@ def test_wait_prints_outputs_and_failures(ip: Any, capsys: pytest.CaptureFixture
     assert "no unfinished task to wait for" in capsys.readouterr().out
 
 
-def test_cancel_by_id_by_variable_and_all(
-    ip: Any, other_client: Client, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cancel_by_id_by_variable_and_all(ip: Any, other_client: Client, capsys: pytest.CaptureFixture[str]) -> None:
     one = run(ip, "%plb submit -p 1e12 -o one double(1)")
     run(ip, "many = %plb map --async -p 1e12 double range(3)")
     wait_for(lambda: one.warning, what="the balancer's warning")  # it follows the submit
@@ -509,7 +489,4 @@ def test_the_connection_file_comes_from_the_environment(ip: Any, balancer: Path)
     assert os.environ["PLB_CONNECTION_FILE"] == str(balancer)
     run(ip, "%plb connect")
     assert magics_of(ip).connection_file is None
-    assert (
-        magics_of(ip).client.connection_info.client_port
-        == json.loads(balancer.read_text())["client_port"]
-    )
+    assert magics_of(ip).client.connection_info.client_port == json.loads(balancer.read_text())["client_port"]

@@ -7,6 +7,7 @@ through ``PLB_CONNECTION_FILE`` in its environment, as it would under the server
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,7 @@ def execute(path: Path, workdir: Path, connection_file: Path) -> Any:
         "PLB_CONNECTION_FILE": str(connection_file),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
-    )
+    client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
     client.execute(env=env)
     return nb
 
@@ -52,15 +51,11 @@ def test_there_are_the_three_notebooks() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(
-    path: Path, ready_client: Client, connection_file: Path, tmp_path: Path
-) -> None:
+def test_notebook_runs(path: Path, ready_client: Client, connection_file: Path, tmp_path: Path) -> None:
     nb = execute(path, tmp_path, connection_file)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(
-        o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs
-    )
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     if path.name == "quickstart.ipynb":
         assert "'Hello John Doe !'" in text and "WORKER GOT TASK John Doe" in text
         assert "Bonjour Marie !" in text and "328350" in text
@@ -73,4 +68,6 @@ def test_notebook_runs(
         assert "40/40 · done 38 · failed 2" in html
     else:
         assert "bob's tasks done after" in text and "no connected worker accepts priority" in text
-        assert "cancelled 1 of 1 task(s)" in text and "of dave's 200 tasks" in text
+        assert "cancelled 1 of 1 task(s)" in text
+        cancelled = re.search(r"cancelled (\d+) of dave's 200 tasks", text)
+        assert cancelled and int(cancelled.group(1)) >= 100, text

@@ -35,6 +35,9 @@ def double(x: int) -> int:
 def test_store_round_trip(tmp_path: Path) -> None:
     assert unpack_buffers(pack_buffers([b"ab", memoryview(b""), b"xyz"])) == [b"ab", b"", b"xyz"]
     store = SqliteStore(tmp_path / "j.sqlite")
+    store.forget("nothing")
+    store.commit()
+    assert (tmp_path / "j.sqlite-wal").exists(), "WAL mode"
     queued = Task(id="t1", user="u", priority=1.5, name="f", route=None, seq=7, fn="abc",
                   buffers=[b"args"], submitted=1.0)
     done = Task(id="t2", user="u", priority=0, name="HELLO", route="HELLO", seq=8, payload={"a": 1})
@@ -49,7 +52,9 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert loaded["t1"].task.seq == 7 and loaded["t1"].task.priority == 1.5
     assert loaded["t2"].task.state is TaskState.DONE and loaded["t2"].task.result_buffers == [b"r"]
     assert loaded["t2"].task.payload == {"a": 1} and loaded["t2"].task.progress == 100
-    assert oct((tmp_path / "j.sqlite").stat().st_mode & 0o777) == "0o600"
+    for name in ("j.sqlite", "j.sqlite-wal", "j.sqlite-shm"):
+        path = tmp_path / name
+        assert not path.exists() or oct(path.stat().st_mode & 0o777) == "0o600", name
 
 
 def test_balancer_killed_and_restarted_loses_nothing(balancer_process, tmp_path: Path) -> None:

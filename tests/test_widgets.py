@@ -69,9 +69,7 @@ def plb(balancer: Path) -> Iterator[Client]:
 def widget_texts(widget: ipywidgets.Widget) -> list[str]:
     """Every string a widget tree shows: HTML values, descriptions, tooltips, placeholders."""
     texts = [
-        v
-        for n in ("value", "description", "tooltip", "placeholder")
-        if isinstance(v := getattr(widget, n, None), str)
+        v for n in ("value", "description", "tooltip", "placeholder") if isinstance(v := getattr(widget, n, None), str)
     ]
     for child in getattr(widget, "children", ()):
         texts.extend(widget_texts(child))
@@ -121,9 +119,7 @@ def test_a_failed_future_shows_the_remote_traceback(plb: Client) -> None:
     assert "ZeroDivisionError: division by zero" in card and "in inverse" in card
 
 
-def test_print_output_writes_the_task_streams(
-    plb: Client, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_print_output_writes_the_task_streams(plb: Client, capsys: pytest.CaptureFixture[str]) -> None:
     fut = plb.submit(chatty, "x")
     fut.result(30)
     display.print_output(fut)
@@ -139,9 +135,7 @@ def test_show_future_follows_a_running_future(plb: Client, monkeypatch: pytest.M
     assert "text/html" in shown[0] and shown[0]["text/plain"] == repr(fut)
     view = next(v for f, v in widgets._live_futures._views if f is fut)
     fut.result(30)
-    wait_for(
-        lambda: "done" in view.value and "on worker_" in view.value, what="the view to show done"
-    )
+    wait_for(lambda: "done" in view.value and "on worker_" in view.value, what="the view to show done")
     done = plb.submit(nap, 0)
     done.result(30)
     widgets.show_future(done)
@@ -238,9 +232,7 @@ def dashboard(plb: Client) -> Iterator[widgets.Dashboard]:
     dash.close()
 
 
-def test_dashboard_shows_hubs_workers_users_and_throughput(
-    plb: Client, dashboard: widgets.Dashboard
-) -> None:
+def test_dashboard_shows_hubs_workers_users_and_throughput(plb: Client, dashboard: widgets.Dashboard) -> None:
     plb.submit(nap, 0).result(30)
     wait_for(lambda: "tester" in "".join(widget_texts(dashboard.users)), what="the user row")
     assert "worker_" in dashboard.hubs.value and "any" in dashboard.hubs.value
@@ -248,9 +240,7 @@ def test_dashboard_shows_hubs_workers_users_and_throughput(
     assert dashboard.workers.max == 2
 
 
-def test_dashboard_keeps_updating_while_the_main_thread_blocks(
-    plb: Client, dashboard: widgets.Dashboard
-) -> None:
+def test_dashboard_keeps_updating_while_the_main_thread_blocks(plb: Client, dashboard: widgets.Dashboard) -> None:
     wait_for(lambda: dashboard.refreshed >= 1, what="a first refresh")
     seen: list[str] = []
     dashboard.header.observe(lambda change: seen.append(change["new"]), "value")
@@ -263,9 +253,7 @@ def test_dashboard_keeps_updating_while_the_main_thread_blocks(
     assert 2 in busy
 
 
-def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(
-    plb: Client, dashboard: widgets.Dashboard
-) -> None:
+def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(plb: Client, dashboard: widgets.Dashboard) -> None:
     def evil() -> None:
         raise ValueError(PAYLOAD)
 
@@ -275,10 +263,7 @@ def test_dashboard_escapes_every_string_from_tasks_users_and_hubs(
     stuck = plb.options(user=PAYLOAD, priority=1e12).submit(nap, 0)
     escaped = display.esc(PAYLOAD)
     wait_for(
-        lambda: (
-            escaped in dashboard.failures.value
-            and escaped in "".join(widget_texts(dashboard.users))
-        ),
+        lambda: escaped in dashboard.failures.value and escaped in "".join(widget_texts(dashboard.users)),
         what="the failure and the user row",
     )
     assert "<img" not in "".join(widget_texts(dashboard))
@@ -312,9 +297,7 @@ def test_dashboard_cancels_a_task_by_id(plb: Client, dashboard: widgets.Dashboar
     )
     dashboard.task_id.value = stuck.task_id
     dashboard.cancel_task.click()
-    wait_for(
-        lambda: "not cancelled: it is already cancelled" in dashboard.message.value, what="message"
-    )
+    wait_for(lambda: "not cancelled: it is already cancelled" in dashboard.message.value, what="message")
     dashboard.task_id.value = "t_unknown"
     dashboard.cancel_task.click()
     wait_for(lambda: "the balancer does not know it" in dashboard.message.value, what="message")
@@ -331,9 +314,7 @@ def test_dashboard_stops_when_closed(plb: Client) -> None:
     assert not plb._connection.closed  # the client was the caller's
 
 
-def test_dashboard_owns_the_client_it_opened(
-    balancer: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dashboard_owns_the_client_it_opened(balancer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLB_CONNECTION_FILE", str(balancer))
     dash = widgets.Dashboard(refresh=0.1)
     wait_for(lambda: dash.refreshed >= 1, what="a first refresh")
@@ -341,9 +322,7 @@ def test_dashboard_owns_the_client_it_opened(
     assert dash.client._connection.closed
 
 
-def test_dashboard_sends_nothing_when_nothing_changed(
-    plb: Client, recorded: list[dict[str, Any]]
-) -> None:
+def test_dashboard_sends_nothing_when_nothing_changed(plb: Client, recorded: list[dict[str, Any]]) -> None:
     dash = widgets.Dashboard(plb, refresh=60)
     try:
         wait_for(lambda: dash.refreshed >= 1, what="a first refresh")

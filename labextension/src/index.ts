@@ -13,6 +13,7 @@ import {
 import {
   Clipboard,
   ICommandPalette,
+  IThemeManager,
   MainAreaWidget,
   Notification,
   WidgetTracker
@@ -51,11 +52,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description:
     'Side-bar panel and commands for the jupyter_plb load balancer.',
   autoStart: true,
-  optional: [ILayoutRestorer, ICommandPalette],
+  optional: [ILayoutRestorer, ICommandPalette, IThemeManager],
   activate: (
     app: JupyterFrontEnd,
     restorer: ILayoutRestorer | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    themes: IThemeManager | null
   ) => {
     const { commands, shell } = app;
     const settings = app.serviceManager.serverSettings;
@@ -77,6 +79,28 @@ const plugin: JupyterFrontEndPlugin<void> = {
         name: () => 'monitor'
       });
     }
+
+    // The monitor page follows Lab's theme, not the OS: ?theme= when opened, then a message
+    // on each theme change and on each (re)load of the frame (monitor.js listens).
+    const scheme = (): 'light' | 'dark' | null => {
+      if (!themes || !themes.theme) {
+        return null; // no theme manager, or no theme loaded yet: the OS decides
+      }
+      return themes.isLight(themes.theme) ? 'light' : 'dark';
+    };
+    const postScheme = (widget: MainAreaWidget<IFrame>) => {
+      const frame = widget.content.node.querySelector('iframe');
+      const current = scheme();
+      if (!frame?.contentWindow || !current) {
+        return;
+      }
+      const origin = new URL(frame.src || widget.content.url, window.location.href).origin;
+      frame.contentWindow.postMessage(
+        { type: 'jupyter-plb:theme', scheme: current },
+        origin
+      );
+    };
+    themes?.themeChanged.connect(() => tracker.forEach(postScheme));
 
     commands.addCommand(CommandIDs.openPanel, {
       label: 'Show Load Balancer Panel',
@@ -109,12 +133,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
           ],
           referrerPolicy: 'same-origin'
         });
+        const current = scheme();
         content.url = withToken(
-          monitorUrl(settings),
+          monitorUrl(settings) + (current ? `?theme=${current}` : ''),
           settings.token,
           settings.appendToken
         );
         const widget = new MainAreaWidget<IFrame>({ content });
+        content.node
+          .querySelector('iframe')
+          ?.addEventListener('load', () => postScheme(widget));
         widget.id = MONITOR_ID;
         widget.title.label = 'PLB Monitor';
         widget.title.caption = 'Load balancer monitor';

@@ -554,6 +554,10 @@ export class PlbPanel extends Widget {
             setText(value, item.value);
             setText(label, item.label);
             cell.dataset.key = item.key;
+            cell.classList.toggle(
+              'jp-plb-mod-error',
+              item.key === 'failed' && item.value !== '0'
+            );
           }
         };
       },

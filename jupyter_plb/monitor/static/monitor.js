@@ -12,6 +12,7 @@
  * Hooks for browser tests:
  *   <html data-snapshots="N" data-snapshot-time="…">  number / server time of rendered snapshots
  *   <body data-conn="live|polling|disconnected|connecting">, #conn-state (same text)
+ *   <html data-scheme="light|dark">  the colour scheme forced by ?theme= or the embedding Lab
  *   #worker-table tbody[data-key=<hub id>] tr.worker-row[data-key=<worker id>][data-state]
  *   #queue-chart[data-series], #wait-chart[data-bars], #throughput-chart[data-points],
  *   #task-stream[data-rects], #tasks-table tbody tr[data-key=<task id>][data-state]
@@ -135,6 +136,63 @@
     if (colorCache.size > 2000) colorCache.clear();
     colorCache.set(key, c);
     return c;
+  }
+
+  // ------------------------------------------------------------------ colour scheme
+  // Alone, the page follows the OS (prefers-color-scheme). In a JupyterLab tab it follows Lab's
+  // theme instead: the lab extension opens it with ?theme=light|dark and posts
+  // {type: 'jupyter-plb:theme', scheme} on theme changes. The forced palette is the stylesheet's
+  // own: the custom properties of its plain `:root` rule (light) or of the `:root` rule inside
+  // `@media (prefers-color-scheme: dark)` (dark), set on <html> where they beat the media query.
+  const SCHEMES = ['light', 'dark'];
+  let forcedProps = [];
+  function paletteRule(scheme) {
+    for (const sheet of Array.from(document.styleSheets)) {
+      let rules;
+      try {
+        rules = sheet.cssRules;
+      } catch {
+        continue; // not ours (cross-origin)
+      }
+      for (const rule of Array.from(rules)) {
+        const dark = rule instanceof CSSMediaRule && /prefers-color-scheme:\s*dark/.test(rule.media.mediaText);
+        const inner = dark ? rule.cssRules : null;
+        if (scheme === 'light' && rule.selectorText === ':root') return rule.style;
+        if (scheme === 'dark' && inner) {
+          const root = Array.from(inner).find((r) => r.selectorText === ':root');
+          if (root) return root.style;
+        }
+      }
+    }
+    return null;
+  }
+  function applyScheme(scheme) {
+    const root = document.documentElement;
+    for (const prop of forcedProps) root.style.removeProperty(prop);
+    forcedProps = [];
+    if (!SCHEMES.includes(scheme)) {
+      root.style.removeProperty('color-scheme');
+      delete root.dataset.scheme;
+      return;
+    }
+    const palette = paletteRule(scheme);
+    if (palette) {
+      for (const prop of Array.from(palette)) {
+        if (!prop.startsWith('--')) continue;
+        root.style.setProperty(prop, palette.getPropertyValue(prop));
+        forcedProps.push(prop);
+      }
+    }
+    root.style.setProperty('color-scheme', scheme);
+    root.dataset.scheme = scheme;
+  }
+  function followEmbedderScheme() {
+    applyScheme(new URLSearchParams(location.search).get('theme'));
+    window.addEventListener('message', (ev) => {
+      if (ev.source !== window.parent || ev.origin !== location.origin) return;
+      const msg = obj(ev.data);
+      if (msg.type === 'jupyter-plb:theme') applyScheme(str(msg.scheme));
+    });
   }
 
   // ------------------------------------------------------------------ DOM helpers
@@ -1340,6 +1398,7 @@
       if (!document.hidden) refreshTasks();
     }, TASKS_REFRESH_MS);
 
+    followEmbedderScheme();
     render();          // empty axes right away
     pollOnce();        // first paint without waiting for the socket
     connectWs();
