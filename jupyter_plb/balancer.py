@@ -122,6 +122,7 @@ class Balancer:
         self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
         self._went_idle: set[str] = set()
+        self._after_commit: list[tuple[bytes, dict[str, Any]]] = []
         self._result_bytes = 0
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
@@ -453,7 +454,8 @@ class Balancer:
                     if task.state.finished:
                         self._queue_result(task)
             if unknown:
-                self._client_reply(msg, {"type": "unknown", "ids": unknown})
+                assert msg.identity is not None
+                self._send("clients", msg.identity, {"type": "unknown", "ids": unknown})
 
     def _on_submit(self, msg: Message) -> None:
         header = msg.header
@@ -523,10 +525,11 @@ class Balancer:
                 warnings[task.id] = reason
             self._event(task)
         self._drop_unused_functions(fn_ids)
-        self.store.commit()
-        self._client_reply(msg, {
+        assert msg.identity is not None
+        self._after_commit.append((msg.identity, {
             "type": "submitted", "accepted": accepted, "rejected": rejected, "warnings": warnings,
-        })
+            "req": msg.header.get("req"),
+        }))
 
     def _new_task(self, spec: dict[str, Any], client: bytes | None, now: float) -> Task:
         task_id = spec.get("id")
@@ -1126,6 +1129,11 @@ class Balancer:
         self._client_out.setdefault(task.client, []).append((info, buffers, digests))
 
     def _flush(self) -> None:
+        """Send what the pump produced; runs after the journal commit, so "submitted" means journaled."""
+        if self._after_commit:
+            replies, self._after_commit = self._after_commit, []
+            for identity, header in replies:
+                self._send("clients", identity, header)
         if self._client_out:
             outgoing, self._client_out = self._client_out, {}
             for client, items in outgoing.items():

@@ -325,17 +325,16 @@ class Dashboard(widgets.VBox):
             self._act()
             try:
                 snapshot = self.client.status()
-            except Exception as exc:
+                if self._closed:
+                    return
+                self.show(snapshot)
+            except Exception as exc:  # the balancer is gone or slow: say so, keep trying
                 if self._closed:
                     return
                 _update(
                     self.message,
                     value=f"<span style='color:#d62728'>cannot refresh: {esc(exc)}</span>",
                 )
-            else:
-                if self._closed:
-                    return
-                self.show(snapshot)
             self._wake.wait(self.refresh)
             self._wake.clear()
 

@@ -333,3 +333,14 @@ def test_dashboard_sends_nothing_when_nothing_changed(plb: Client, recorded: lis
         assert recorded == []
     finally:
         dash.close()
+
+
+def test_dashboard_says_when_it_cannot_refresh(balancer: Path) -> None:
+    client = Client(connection_file=balancer)
+    client.close()
+    dash = widgets.Dashboard(client, refresh=0.1)
+    try:
+        wait_for(lambda: "cannot refresh" in dash.message.value, what="the error line")
+        assert "closed" in dash.message.value and dash.running
+    finally:
+        dash.close()

@@ -36,7 +36,7 @@ from tests.browser.conftest import ARTIFACTS, free_port
 from tests.conftest import ROOT, wait_for
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 # Room for building the lab extension once (session fixture) on a machine where it is missing.
 pytestmark = pytest.mark.timeout(420)
@@ -77,9 +77,7 @@ def _installed_extension() -> Path | None:
 def _jlpm(jlpm: str, *args: str, timeout: float) -> None:
     command = [jlpm, *args]
     try:
-        done = subprocess.run(
-            command, cwd=LAB_SOURCES, capture_output=True, text=True, timeout=timeout
-        )
+        done = subprocess.run(command, cwd=LAB_SOURCES, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"`jlpm {' '.join(args)}` in labextension/ took over {timeout} s: {exc}")
     if done.returncode != 0:
@@ -92,9 +90,7 @@ def _jlpm(jlpm: str, *args: str, timeout: float) -> None:
 @pytest.fixture(scope="session")
 def lab_extension() -> Path:
     """The built lab extension (a folder with package.json and static/), built if need be."""
-    stale = _checkout_build_ok() and (
-        (LAB_EXTENSION / "package.json").stat().st_mtime < _newest_source_mtime()
-    )
+    stale = _checkout_build_ok() and ((LAB_EXTENSION / "package.json").stat().st_mtime < _newest_source_mtime())
     if _checkout_build_ok() and not stale:
         return LAB_EXTENSION
     jlpm = shutil.which("jlpm")  # from jupyter-builder, the build chain of labextension/
@@ -135,9 +131,7 @@ class Lab:
     log: Path
 
     def api(self, path: str) -> Any:
-        request = urllib.request.Request(
-            f"{self.base}{path}", headers={"Authorization": f"token {self.token}"}
-        )
+        request = urllib.request.Request(f"{self.base}{path}", headers={"Authorization": f"token {self.token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.load(response)
 
@@ -234,8 +228,7 @@ def lab(lab_extension: Path, tmp_path: Path) -> Iterator[Lab]:
     hub_pids: list[int] = []
     try:
         wait_for(
-            lambda: server.poll() is not None
-            or _answers(f"{running.base}/api/status?token={token}"),
+            lambda: server.poll() is not None or _answers(f"{running.base}/api/status?token={token}"),
             timeout=90,
             what="JupyterLab to answer",
         )
@@ -342,9 +335,7 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
             seen.append(done_total(page))
             if seen[-1] < len(futures) - 2:
                 # the workers show as busy while the sleeps run
-                expect(hub.locator(".jp-plb-worker.jp-plb-mod-busy").first).to_be_visible(
-                    timeout=TIMEOUT_MS
-                )
+                expect(hub.locator(".jp-plb-worker.jp-plb-mod-busy").first).to_be_visible(timeout=TIMEOUT_MS)
         # the hostile function's name runs on a worker, shown as text
         for future in futures:
             future.result(60)
@@ -360,9 +351,7 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
         row = user_row(page, EVIL_USER)
         expect(row).to_have_count(1, timeout=TIMEOUT_MS)
         expect(row.locator(".jp-plb-stat-queued .jp-plb-stat-value")).to_have_text("1")
-        expect(row.locator(".jp-plb-stat-done .jp-plb-stat-value")).to_have_text(
-            str(len(futures))
-        )
+        expect(row.locator(".jp-plb-stat-done .jp-plb-stat-value")).to_have_text(str(len(futures)))
         expect(total(page, "queued")).to_have_text("1")
         warning = panel.locator(".jp-plb-warning-line")
         expect(warning).to_be_visible(timeout=TIMEOUT_MS)
@@ -374,21 +363,15 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
         panel.get_by_role("button", name="Open monitor").click()
         monitor_tab = page.locator("#jupyter-plb-monitor")
         expect(monitor_tab).to_be_visible(timeout=TIMEOUT_MS)
-        expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(
-            "PLB Monitor"
-        )
+        expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text("PLB Monitor")
         monitor = page.frame_locator("#jupyter-plb-monitor iframe")
         monitor.locator('body[data-conn="live"]').wait_for(timeout=TIMEOUT_MS)
         workers = monitor.locator("#worker-table tr.worker-row")
         expect(workers).to_have_count(2, timeout=TIMEOUT_MS)
         expect(workers.locator("td:nth-child(3)")).to_have_text(["any", "any"])
         expect(monitor.locator("#total-done")).to_have_text(str(len(futures)), timeout=TIMEOUT_MS)
-        monitor.locator("#users-table tbody").get_by_text(EVIL_USER, exact=True).first.wait_for(
-            timeout=TIMEOUT_MS
-        )
-        monitor.locator("#stats-table tbody").get_by_text(HOSTILE, exact=True).first.wait_for(
-            timeout=TIMEOUT_MS
-        )
+        monitor.locator("#users-table tbody").get_by_text(EVIL_USER, exact=True).first.wait_for(timeout=TIMEOUT_MS)
+        monitor.locator("#stats-table tbody").get_by_text(HOSTILE, exact=True).first.wait_for(timeout=TIMEOUT_MS)
         assert monitor.locator("img, b, [onerror]").count() == 0
         # the monitor follows Lab's theme (light here), whatever the OS prefers
         monitor.locator('html[data-scheme="light"]').wait_for(state="attached", timeout=TIMEOUT_MS)
@@ -396,15 +379,14 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
         # -- screenshots: light, then JupyterLab Dark
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "lab-panel.png"))
-        page.evaluate(
-            "() => window.jupyterapp.commands.execute("
-            "'apputils:change-theme', {theme: 'JupyterLab Dark'})"
-        )
+        page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
         page.wait_for_selector(
             'body[data-jp-theme-name="JupyterLab Dark"][data-jp-theme-light="false"]',
             state="attached",
             timeout=TIMEOUT_MS,
         )
+        # Lab shows its splash over the page while it swaps the theme
+        page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=TIMEOUT_MS)
         expect(panel).to_be_visible()
         # the panel and the monitor tab follow the theme: dark backgrounds
         monitor.locator('html[data-scheme="dark"]').wait_for(state="attached", timeout=TIMEOUT_MS)
