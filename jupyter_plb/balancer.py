@@ -98,7 +98,9 @@ class Balancer:
         self.id = protocol.new_id("lb")
         self.now = now
         self.scheduler = Scheduler(
-            self.params["LB_QUEING_MAXPERUSER"], prefetch=self.params["LB_PREFETCH"]
+            self.params["LB_QUEING_MAXPERUSER"],
+            prefetch=self.params["LB_PREFETCH"],
+            max_queued=self.params["LB_MAX_QUEUED"],
         )
         self.tasks: dict[str, Task] = {}
         self.hubs: dict[str, Hub] = {}

@@ -61,8 +61,9 @@ def _describe_ranges(signatures: set[tuple[float, float, frozenset[str]]]) -> st
 class Scheduler:
     """Queues, fairness, priority ranges and per-user limits."""
 
-    def __init__(self, max_queued_per_user: int = 1000, prefetch: int = 0) -> None:
+    def __init__(self, max_queued_per_user: int = 1000, prefetch: int = 0, max_queued: int = 0) -> None:
         self.max_queued_per_user = max_queued_per_user
+        self.max_queued = max_queued
         self.prefetch = prefetch
         self.slots: dict[str, Slot] = {}
         self._users: dict[str, _User] = {}
@@ -145,7 +146,12 @@ class Scheduler:
 
     # -- queue ------------------------------------------------------------------------------
     def check_submit(self, user: str, extra: int = 1) -> None:
-        """Raise QueueFull when ``user`` cannot queue ``extra`` more tasks."""
+        """Raise QueueFull when ``user`` (or the balancer as a whole) cannot queue ``extra`` more."""
+        if self.max_queued and len(self._queued) + extra > self.max_queued:
+            raise QueueFull(
+                f"the balancer already holds {len(self._queued)} queued tasks, its limit "
+                f"(LB_MAX_QUEUED); wait for some to finish"
+            )
         cap = self.max_queued_per_user
         if cap > 0:
             queued = self._users[user].queued if user in self._users else 0

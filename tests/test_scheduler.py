@@ -108,6 +108,14 @@ def test_per_user_queue_limit_counts_queued_not_running() -> None:
     s.submit(task("B0", "bob"))
 
 
+def test_global_queue_limit_bounds_all_users_together() -> None:
+    s = Scheduler(max_queued_per_user=0, max_queued=3)
+    for i in range(3):
+        s.submit(task(f"t{i}", f"user{i}"))
+    with pytest.raises(QueueFull, match="LB_MAX_QUEUED"):
+        s.submit(task("t3", "someone-new"))
+
+
 def test_cancel_and_requeue_keep_order() -> None:
     s = Scheduler(max_queued_per_user=0, prefetch=1)
     s.add_slot("w1", "hub", 0, 10, ANY)
