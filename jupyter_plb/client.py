@@ -373,7 +373,7 @@ class _Connection:
         for task_id, reason in msg.header.get("rejected", {}).items():
             fut = self.futures.pop(task_id, None)
             if fut is not None and not fut.done():
-                kind = QueueFull if "LB_QUEING_MAXPERUSER" in reason else TaskRejected
+                kind = QueueFull if "LB_QUEING_MAXPERUSER" in reason or "LB_MAX_QUEUED" in reason else TaskRejected
                 fut.state = "failed"
                 fut.set_exception(kind(reason))
         for task_id, reason in msg.header.get("warnings", {}).items():
