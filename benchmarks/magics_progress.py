@@ -1,6 +1,6 @@
 """What the progress bar costs: ``%plb map`` of no-op tasks with it shown vs ``Client.map`` without.
 
-    python benchmarks/magics_progress.py [--tasks 10000] [--repeats 3] [--workers 2]
+    python benchmarks/magics_progress.py [--tasks 10000] [--repeats 5] [--workers 2]
 
 The balancer runs in its own process (``plb start`` with a local hub), as inside Jupyter. The
 magic runs where its progress bar is shown: in a real ipykernel (the ipywidgets bar, its comm
@@ -159,7 +159,7 @@ def in_shell(conn: Path, tasks: int, repeats: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))

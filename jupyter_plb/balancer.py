@@ -765,6 +765,9 @@ class Balancer:
     def _on_results(self, msg: Message) -> None:
         worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
         now = self.now()
+        hub = self._hub_of(worker_id)
+        if hub is not None and hub.state != "lost":
+            hub.last_seen = now
         position = 0
         for info in msg.header.get("results", []):
             count = int(info.get("nbuf", 0))

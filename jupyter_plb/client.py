@@ -475,11 +475,12 @@ class _Batch:
         self.outstanding = 0
         self.futures: list[PlbFuture] = []
         self.exhausted = False
-        self._lock = threading.Lock()
+        self._grew = threading.Condition()
 
-    def feed(self, *_: Any) -> None:
-        with self._lock:
-            if _:
+    def feed(self, *settled: Any) -> None:
+        """Queue more tasks while the window has room; called again each time a future settles."""
+        with self._grew:
+            if settled:
                 self.outstanding -= 1
             if self.exhausted:
                 return
@@ -492,34 +493,38 @@ class _Batch:
                 if not chunk:
                     self.exhausted = True
                     break
-                if self.chunksize == 1:
-                    payload: tuple[Any, dict[str, Any]] = (chunk[0], {})
-                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
-                else:
-                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, (chunk, {}))
+                payload = (chunk[0], {}) if self.chunksize == 1 else (chunk, {})
+                spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                if self.chunksize > 1:
                     spec["chunk"] = True
                 specs.append((spec, buffers, fut))
             self.outstanding += len(specs)
+            self.futures.extend(fut for _, _, fut in specs)
+            self._grew.notify_all()
         for start in range(0, len(specs), SUBMIT_BATCH):
             part = specs[start : start + SUBMIT_BATCH]
             self.submitter._send_tasks(part, self.fn_id, self.fn_buffers)
             for _spec, _buffers, fut in part:
-                self.futures.append(fut)
                 fut.add_done_callback(self.feed)
 
     def __iter__(self) -> Iterator[PlbFuture]:
+        """The futures in submission order, as they are queued."""
         index = 0
         while True:
-            if index < len(self.futures):
-                yield self.futures[index]
-                index += 1
-                continue
-            if self.exhausted:
-                return
-            self.feed()
-            if index >= len(self.futures):
-                running = [f for f in self.futures if not f.done()]
-                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            with self._grew:
+                while index >= len(self.futures) and not self.exhausted:
+                    self._grew.release()
+                    try:
+                        self.feed()
+                    finally:
+                        self._grew.acquire()
+                    if index >= len(self.futures) and not self.exhausted:
+                        self._grew.wait()
+                if index >= len(self.futures):
+                    return
+                fut = self.futures[index]
+            yield fut
+            index += 1
 
 
 class _Submitter:

@@ -102,11 +102,15 @@ class _Capture(io.StringIO):
 
 
 def _error_info(exc: BaseException) -> dict[str, Any]:
+    """Type, message and traceback of a task's exception, without the worker's own frames."""
     kind = type(exc)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
     return {
         "type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": "".join(traceback.format_exception(kind, exc, tb)),
     }
 
 

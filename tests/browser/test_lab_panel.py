@@ -249,6 +249,28 @@ def lab(lab_extension: Path, tmp_path: Path) -> Iterator[Lab]:
 
 
 # ---------------------------------------------------------------------------------- the test
+#: Records, on every DOM change of the panel, what a person would have seen: each done total,
+#: the most workers busy at once, and whether a worker's current task showed the hostile name.
+RECORD = """(hostile) => {
+  const panel = document.querySelector('#jupyter-plb-panel');
+  const seen = (window.plbSeen = {done: [], busy: 0, hostileOnWorker: false});
+  const read = () => {
+    const value = panel.querySelector('.jp-plb-total[data-key="done"] .jp-plb-total-value');
+    const done = value ? Number(value.textContent) : NaN;
+    if (!Number.isNaN(done) && seen.done.at(-1) !== done) seen.done.push(done);
+    const busy = panel.querySelectorAll('.jp-plb-worker.jp-plb-mod-busy');
+    seen.busy = Math.max(seen.busy, busy.length);
+    for (const task of panel.querySelectorAll('.jp-plb-worker.jp-plb-mod-busy .jp-plb-worker-task')) {
+      if (task.textContent.includes(hostile)) seen.hostileOnWorker = true;
+    }
+  };
+  new MutationObserver(read).observe(panel, {
+    subtree: true, childList: true, characterData: true, attributes: true
+  });
+  read();
+}"""
+
+
 def hostile_task(seconds: float) -> Any:
     """A function task whose name (its ``__qualname__``) is markup."""
 
@@ -262,10 +284,6 @@ def hostile_task(seconds: float) -> Any:
 
 def total(page: Any, key: str) -> Any:
     return page.locator(f'{PANEL} .jp-plb-total[data-key="{key}"] .jp-plb-total-value')
-
-
-def done_total(page: Any) -> int:
-    return int(total(page, "done").inner_text())
 
 
 def user_row(page: Any, user: str) -> Any:
@@ -315,30 +333,24 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
     expect(total(page, "done")).to_have_text("0")
     expect(panel.locator(".jp-plb-warning-line")).to_be_hidden()
 
+    page.evaluate(RECORD, HOSTILE)
     with Client(connection_file=lab.connection_file, user=EVIL_USER) as client:
         # A hub task no hub offers: it stays queued, unschedulable, with its name in the reason.
         sent = client.sendTask(HOSTILE, {"n": 1})
         assert "taskid" in sent, sent
-        futures = [client.submit(time.sleep, 0.25) for _ in range(16)]
-        futures += [client.submit(hostile_task(1.5)) for _ in range(2)]
+        # The hostile functions first: each is a worker's current task from its dispatch on.
+        futures = [client.submit(hostile_task(1.5)) for _ in range(2)]
+        futures += [client.submit(time.sleep, 0.25) for _ in range(16)]
 
-        # The counts move while the workers run: sample the done total as it grows.
-        seen = [done_total(page)]
-        while seen[-1] < len(futures) and len(seen) < 100:
-            page.wait_for_function(
-                "([selector, previous]) => {"
-                "  const node = document.querySelector(selector);"
-                "  return node && Number(node.textContent) !== previous; }",
-                arg=[f'{PANEL} .jp-plb-total[data-key="done"] .jp-plb-total-value', seen[-1]],
-                timeout=TIMEOUT_MS,
-            )
-            seen.append(done_total(page))
-            if seen[-1] < len(futures) - 2:
-                # the workers show as busy while the sleeps run
-                expect(hub.locator(".jp-plb-worker.jp-plb-mod-busy").first).to_be_visible(timeout=TIMEOUT_MS)
-        # the hostile function's name runs on a worker, shown as text
+        # The counts move while the workers run: the recorder saw every value the panel showed.
+        page.wait_for_function("(n) => window.plbSeen.done.at(-1) === n", arg=len(futures), timeout=TIMEOUT_MS)
         for future in futures:
             future.result(60)
+        recorded = page.evaluate("() => window.plbSeen")
+        seen = recorded["done"]
+        assert recorded["busy"] >= 1, recorded
+        # the hostile function's name was shown on a busy worker, as text
+        assert recorded["hostileOnWorker"], recorded
         assert len(set(seen)) >= 3, seen
         assert seen == sorted(seen), seen
         expect(total(page, "done")).to_have_text(str(len(futures)), timeout=TIMEOUT_MS)
