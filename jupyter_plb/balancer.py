@@ -1057,6 +1057,8 @@ class Balancer:
         digests: list[bytes] = []
         for task in tasks:
             spec: dict[str, Any] = {"id": task.id, "nbuf": len(task.buffers)}
+            if self.stats.is_short(task.name):
+                spec["short"] = True
             if task.route is not None:
                 spec["route"] = task.route
                 spec["payload"] = task.payload

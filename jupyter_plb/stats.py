@@ -11,6 +11,9 @@ from .tasks import Task, TaskState
 HISTORY_SECONDS = 120
 TIMELINE_LENGTH = 500
 FAILURES_KEPT = 20
+#: A task name counts as short once SHORT_AFTER of its runs averaged under SHORT_RUN seconds.
+SHORT_AFTER = 5
+SHORT_RUN = 0.001
 
 
 @dataclass(slots=True)
@@ -107,6 +110,11 @@ class Stats:
             })
         else:
             bucket["done"] += 1
+
+    def is_short(self, name: str) -> bool:
+        """Tasks of this name have run, on average, well under a millisecond."""
+        entry = self.per_name.get(name)
+        return entry is not None and entry.count >= SHORT_AFTER and entry.run_total < SHORT_RUN * entry.count
 
     def roll(self, now: float, queued: int) -> None:
         self._bucket(now)["queued"] = queued

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 FUNCTION_CACHE_SIZE = 256
 #: Captured stdout/stderr kept per task.
 MAX_OUTPUT = 1 << 20
-#: Results finished within this many seconds of each other travel in one message.
+#: Results finished within this many seconds of each other travel in one message, as long as
+#: the next task is known to be short (the balancer marks it); otherwise they leave at once.
 RESULT_BATCH_WINDOW = 0.002
 RESULT_BATCH_MAX = 4
 #: Exit code of a worker that retired cleanly (recycled after its task quota, or drained): its hub
@@ -332,6 +333,7 @@ class _Worker:
                 if (
                     len(self.outgoing) >= RESULT_BATCH_MAX
                     or time.monotonic() - self.first_unsent > RESULT_BATCH_WINDOW
+                    or (self.pending and not self.pending[0][0].get("short"))
                 ):
                     self.flush()
 
