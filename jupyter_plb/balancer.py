@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import hashlib
 import logging
 import math
 import os
 import socket as stdsocket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +128,7 @@ class Balancer:
         self._stealing: dict[str, tuple[str, str]] = {}
         self._went_idle: set[str] = set()
         self._after_commit: list[tuple[bytes, dict[str, Any]]] = []
+        self._loop_thread = 0
         self._result_bytes = 0
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
@@ -146,6 +150,7 @@ class Balancer:
     async def start(self) -> connection.ConnectionInfo:
         """Bind the sockets on the running loop and write the connection file."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         path = connection.resolve_path(self.params)
         try:
             previous: connection.ConnectionInfo | None = connection.read(path)
@@ -354,7 +359,7 @@ class Balancer:
             else:
                 busy = True
         self._dispatch()
-        self.store.commit()
+        self._commit()
         self._flush()
         if busy or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._sockets.values()):
             self._schedule_pump()
@@ -1135,12 +1140,27 @@ class Balancer:
         info["nbuf"] = len(buffers)
         self._client_out.setdefault(task.client, []).append((info, buffers, digests))
 
+    def _commit(self) -> None:
+        """Hand this batch's journal writes over; "submitted" replies leave once they are durable."""
+        replies, self._after_commit = self._after_commit, []
+        self.store.commit(functools.partial(self._durable, replies) if replies else None)
+
+    def _durable(self, replies: list[tuple[bytes, dict[str, Any]]]) -> None:
+        """Called by the store when a batch is durable, from its writer thread or this loop."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._send_replies(replies)
+        else:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._send_replies, replies)
+
+    def _send_replies(self, replies: list[tuple[bytes, dict[str, Any]]]) -> None:
+        for identity, header in replies:
+            self._send("clients", identity, header)
+
     def _flush(self) -> None:
-        """Send what the pump produced; runs after the journal commit, so "submitted" means journaled."""
-        if self._after_commit:
-            replies, self._after_commit = self._after_commit, []
-            for identity, header in replies:
-                self._send("clients", identity, header)
+        """Send the results and task events the pump produced."""
         if self._client_out:
             outgoing, self._client_out = self._client_out, {}
             for client, items in outgoing.items():
@@ -1252,7 +1272,7 @@ class Balancer:
             self.stats.roll(now, self.scheduler.queued_count)
             self._requeue_orphans(now)
             self._dispatch()
-            self.store.commit()
+            self._commit()
             self._flush()
         except Exception:
             log.exception("LB - periodic check failed")

@@ -8,17 +8,20 @@ a few row writes, not a transaction.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import queue
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .protocol import Buffer, buffer_view
+from .protocol import Buffer, buffer_size, buffer_view
 from .tasks import Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -79,8 +82,10 @@ class TaskStore:
         """The result buffers of a finished task (for results evicted from memory)."""
         return []
 
-    def commit(self) -> None:
-        """Make everything recorded so far durable."""
+    def commit(self, durable: Callable[[], None] | None = None) -> None:
+        """Make everything recorded so far durable, then call ``durable`` (from any thread)."""
+        if durable is not None:
+            durable()
 
     def load(self) -> Iterator[StoredTask]:
         """Every task journaled and not forgotten, oldest first."""
@@ -91,6 +96,13 @@ class TaskStore:
 
 
 MemoryStore = TaskStore
+
+SCHEMA_VERSION = 2
+#: Pickles smaller than this are kept in the task's row; larger ones in their own table.
+SMALL_BLOB = 4096
+#: Batches with fewer bytes of pickles than this are committed on the balancer's loop (cheaper
+#: than a thread hand-off); larger ones go to the writer thread so the loop never waits on disk.
+INLINE_BYTES = 256 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -106,6 +118,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL,
     collected REAL
 );
+CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, buffers BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, buffers BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS functions (
     fn TEXT PRIMARY KEY,
     buffers BLOB NOT NULL
@@ -113,8 +127,23 @@ CREATE TABLE IF NOT EXISTS functions (
 """
 
 
+class _Packed:
+    """Buffers to be packed into one blob by the writer thread, off the balancer's loop."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self, buffers: Sequence[Buffer]) -> None:
+        self.buffers = list(buffers)
+
+
 class SqliteStore(TaskStore):
-    """A SQLite journal (stdlib ``sqlite3``), group-committed by the balancer after each batch."""
+    """A SQLite journal (stdlib ``sqlite3``), group-committed by the balancer after each batch.
+
+    A writer thread runs the transactions, so the balancer's loop never waits for the disk; each
+    ``commit`` says what to do once its batch is durable. Argument and result buffers live in their
+    own tables, written once and deleted once, so a task's frequent state updates rewrite a small
+    row, never its pickles.
+    """
 
     durable = True
 
@@ -124,13 +153,32 @@ class SqliteStore(TaskStore):
         os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path.chmod(0o600)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            if self._db.execute("SELECT name FROM sqlite_master WHERE name = 'tasks'").fetchone():
+                log.warning("LB - journal %s has another layout (version %s); starting a new one", self.path, version)
+                self._db.executescript("DROP TABLE IF EXISTS tasks; DROP TABLE IF EXISTS functions; "
+                                       "DROP TABLE IF EXISTS payloads; DROP TABLE IF EXISTS results;")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._large: set[str] = set()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._batches: queue.SimpleQueue[tuple[list[tuple[str, tuple[Any, ...]]], Callable[[], None] | None] | None]
+        self._batches = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._in_flight = 0
+        self._pending_bytes = 0
+        self._writer = threading.Thread(target=self._write_batches, name="plb-journal", daemon=True)
+        self._writer.start()
 
     def _queue(self, sql: str, args: tuple[Any, ...]) -> None:
         self._pending.append((sql, args))
+        for arg in args:
+            if isinstance(arg, _Packed):
+                self._pending_bytes += sum(buffer_size(b) for b in arg.buffers)
 
     def submitted(self, task: Task) -> None:
         spec = {
@@ -139,13 +187,23 @@ class SqliteStore(TaskStore):
             "chunk": task.chunk, "submitted": task.submitted,
             "client": task.client.decode(errors="replace") if task.client else None,
         }
+        small = self._small(task.id, task.buffers)
         self._queue(
             "INSERT OR IGNORE INTO tasks (seq, id, spec, state, attempts, buffers) VALUES (?, ?, ?, ?, ?, ?)",
-            (task.seq, task.id, json.dumps(spec), task.state.value, task.attempts, pack_buffers(task.buffers)),
+            (task.seq, task.id, json.dumps(spec), task.state.value, task.attempts, small),
         )
+        if small is None:
+            self._queue("INSERT OR IGNORE INTO payloads (id, buffers) VALUES (?, ?)", (task.id, _Packed(task.buffers)))
+
+    def _small(self, task_id: str, buffers: Sequence[Buffer]) -> bytes | None:
+        """Small pickles go in the task's row; large ones in a side table (remembered here)."""
+        if sum(buffer_size(b) for b in buffers) < SMALL_BLOB:
+            return pack_buffers(buffers)
+        self._large.add(task_id)
+        return None
 
     def function(self, fn_id: str, buffers: Sequence[Buffer]) -> None:
-        self._queue("INSERT OR IGNORE INTO functions (fn, buffers) VALUES (?, ?)", (fn_id, pack_buffers(buffers)))
+        self._queue("INSERT OR IGNORE INTO functions (fn, buffers) VALUES (?, ?)", (fn_id, _Packed(buffers)))
 
     def state(self, task: Task) -> None:
         self._queue(
@@ -154,40 +212,94 @@ class SqliteStore(TaskStore):
         )
 
     def finished(self, task: Task) -> None:
+        small = self._small(task.id, task.result_buffers)
         self._queue(
-            "UPDATE tasks SET state = ?, worker = ?, attempts = ?, buffers = NULL, result = ?, "
-            "result_buffers = ?, ended = ? WHERE id = ?",
-            (task.state.value, task.worker, task.attempts, json.dumps(task.result or {}),
-             pack_buffers(task.result_buffers), task.ended, task.id),
+            "UPDATE tasks SET state = ?, worker = ?, attempts = ?, result = ?, result_buffers = ?, ended = ? "
+            "WHERE id = ?",
+            (task.state.value, task.worker, task.attempts, json.dumps(task.result or {}), small, task.ended, task.id),
         )
+        if small is None:
+            self._queue(
+                "INSERT OR REPLACE INTO results (id, buffers) VALUES (?, ?)", (task.id, _Packed(task.result_buffers))
+            )
 
     def collected(self, task: Task) -> None:
         self._queue("UPDATE tasks SET collected = ? WHERE id = ?", (task.collected, task.id))
 
     def forget(self, task_id: str) -> None:
         self._queue("DELETE FROM tasks WHERE id = ?", (task_id,))
+        if task_id in self._large:
+            self._large.discard(task_id)
+            self._queue("DELETE FROM payloads WHERE id = ?", (task_id,))
+            self._queue("DELETE FROM results WHERE id = ?", (task_id,))
 
     def result_buffers(self, task_id: str) -> list[bytes]:
-        self.commit()
-        row = self._db.execute("SELECT result_buffers FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        self._wait_written()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(r.buffers, t.result_buffers) FROM tasks t LEFT JOIN results r ON r.id = t.id "
+                "WHERE t.id = ?", (task_id,),
+            ).fetchone()
         return unpack_buffers(row[0]) if row else []
 
-    def commit(self) -> None:
-        if not self._pending:
+    def commit(self, durable: Callable[[], None] | None = None) -> None:
+        """Small batches are written here and now; large ones (pickles) by the writer thread."""
+        if not self._pending and durable is None:
             return
         pending, self._pending = self._pending, []
-        cursor = self._db.cursor()
-        cursor.execute("BEGIN")
-        try:
-            for sql, args in pending:
-                cursor.execute(sql, args)
-            cursor.execute("COMMIT")
-        except sqlite3.Error:
-            cursor.execute("ROLLBACK")
-            log.exception("LB - journal write failed; %d change(s) not journaled", len(pending))
+        size, self._pending_bytes = self._pending_bytes, 0
+        with self._counter_lock:
+            inline = size < INLINE_BYTES and not self._in_flight
+            if not inline:
+                self._in_flight += 1
+        if inline:
+            if pending:
+                self._write(pending)
+            if durable is not None:
+                durable()
+        else:
+            self._batches.put((pending, durable))
+
+    def _wait_written(self) -> None:
+        """Block until every batch handed to the writer is in the database."""
+        written = threading.Event()
+        with self._counter_lock:
+            self._in_flight += 1
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        self._batches.put((pending, written.set))
+        written.wait()
+
+    def _write_batches(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            pending, durable = batch
+            if pending:
+                self._write(pending)
+            if durable is not None:
+                try:
+                    durable()
+                except Exception:
+                    log.exception("LB - journal: a commit callback failed")
+            with self._counter_lock:
+                self._in_flight -= 1
+
+    def _write(self, pending: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._lock:
+            cursor = self._db.cursor()
+            cursor.execute("BEGIN")
+            try:
+                for sql, rows in itertools.groupby(pending, key=lambda item: item[0]):
+                    cursor.executemany(sql, [
+                        tuple(pack_buffers(a.buffers) if isinstance(a, _Packed) else a for a in args)
+                        for _, args in rows
+                    ])
+                cursor.execute("COMMIT")
+            except sqlite3.Error:
+                cursor.execute("ROLLBACK")
+                log.exception("LB - journal write failed; %d change(s) not journaled", len(pending))
 
     def load(self) -> Iterator[StoredTask]:
-        self.commit()
+        self._wait_written()
         self._db.execute(
             "DELETE FROM functions WHERE fn NOT IN (SELECT json_extract(spec, '$.fn') FROM tasks "
             "WHERE state IN ('queued', 'running') AND json_extract(spec, '$.fn') IS NOT NULL)"
@@ -196,10 +308,16 @@ class SqliteStore(TaskStore):
             fn: unpack_buffers(blob) for fn, blob in self._db.execute("SELECT fn, buffers FROM functions")
         }
         rows = self._db.execute(
-            "SELECT seq, id, spec, state, worker, attempts, buffers, result, result_buffers, ended, "
-            "collected FROM tasks ORDER BY seq"
+            "SELECT t.seq, t.id, t.spec, t.state, t.worker, t.attempts, "
+            "CASE WHEN t.state IN ('queued', 'running') THEN COALESCE(p.buffers, t.buffers) END, t.result, "
+            "COALESCE(r.buffers, t.result_buffers), t.ended, t.collected, "
+            "p.id IS NOT NULL OR r.id IS NOT NULL "
+            "FROM tasks t LEFT JOIN payloads p ON p.id = t.id LEFT JOIN results r ON r.id = t.id ORDER BY t.seq"
         )
-        for seq, task_id, spec_json, state, worker, attempts, buffers, result, result_buffers, ended, collected in rows:
+        for (seq, task_id, spec_json, state, worker, attempts, buffers, result, result_buffers, ended, collected,
+             large) in rows:
+            if large:
+                self._large.add(task_id)
             spec = json.loads(spec_json)
             task = Task(
                 id=task_id, user=spec["user"], priority=spec["priority"], name=spec["name"],
@@ -219,4 +337,6 @@ class SqliteStore(TaskStore):
 
     def close(self) -> None:
         self.commit()
+        self._batches.put(None)
+        self._writer.join()
         self._db.close()
