@@ -1133,8 +1133,11 @@ class Balancer:
     def _queue_result(self, task: Task) -> None:
         if task.client is None:
             return
-        info = task.summary()
-        if task.result is not None:
+        info: dict[str, Any] = {
+            "id": task.id, "state": task.state.value, "progress": task.progress, "worker": task.worker,
+            "hub": task.hub, "started": task.started, "ended": task.ended,
+        }
+        if task.result:
             info.update(task.result)
         buffers, digests = self._result_frames(task)
         info["nbuf"] = len(buffers)

@@ -45,7 +45,9 @@ def buffer_view(buf: Buffer) -> memoryview | bytes:
 
 
 def buffer_size(buf: Buffer) -> int:
-    return memoryview(buffer_view(buf)).nbytes
+    if isinstance(buf, memoryview):
+        return buf.nbytes
+    return len(buf)
 
 
 def digest(buf: Buffer) -> bytes:

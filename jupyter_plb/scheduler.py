@@ -95,11 +95,9 @@ class Scheduler:
     def unschedulable_reason(self, task: Task) -> str | None:
         """Why no connected slot could ever take ``task``, or None when one could."""
         key = (task.priority, task.route)
+        if not self.slots or any(s.accepts(key) for s in self.slots.values()):
+            return None
         signatures = {s.signature for s in self.slots.values()}
-        if not signatures:
-            return None
-        if any(s.accepts(key) for s in self.slots.values()):
-            return None
         in_range = [s for s in self.slots.values() if s.min_p <= task.priority <= s.max_p]
         if task.route is not None and in_range:
             offered = sorted(set().union(*(s.routes for s in self.slots.values())))
