@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -266,8 +265,11 @@ def test_results_are_dropped_after_the_retention(make_cluster, connection_file: 
 
 
 def test_healthcheck_warns_while_there_are_no_workers(cluster, caplog: pytest.LogCaptureFixture, start_hub) -> None:
-    caplog.set_level(logging.WARNING, logger="jupyter_plb.healthcheck")
-    wait_for(lambda: "HC - WARNING : LB HAS NO WORKERS." in caplog.text, what="the HC warning")
+    def logged() -> bool:
+        records = caplog.get_records("setup") + caplog.get_records("call")
+        return any(r.getMessage() == "HC - WARNING : LB HAS NO WORKERS." for r in records)
+
+    wait_for(logged, what="the HC warning in the log")
     assert cluster.balancer.snapshot()["health"]["messages"] == ["HC - WARNING : LB HAS NO WORKERS."]
     start_hub(1)
     wait_for(lambda: cluster.balancer.snapshot()["health"]["status"] == "ok", what="health ok")

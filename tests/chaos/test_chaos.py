@@ -22,8 +22,7 @@ from ..conftest import wait_for, worker_count
 
 
 def chaos_task(x: int) -> int:
-    if x % 7 == 0:
-        time.sleep(0.002)
+    time.sleep(0.004)
     return 2 * x
 
 
@@ -44,11 +43,9 @@ def test_every_task_ends_exactly_once(balancer_process, request: pytest.FixtureR
     stop = threading.Event()
     events: Counter[str] = Counter()
 
-    def monkey(client_done: threading.Event, progress: list[int]) -> None:
-        killed_hub = restarted_lb = False
+    def monkey() -> None:
+        """SIGKILL a random worker every 0.2-0.5 s until the run is over."""
         while not stop.wait(0.2 + rng.random() * 0.3):
-            if client_done.is_set():
-                return
             victims = [pid for hub in hubs for pid in worker_pids(hub.pid)]
             if victims:
                 try:
@@ -56,29 +53,27 @@ def test_every_task_ends_exactly_once(balancer_process, request: pytest.FixtureR
                     events["workers killed"] += 1
                 except ProcessLookupError:
                     pass
-            if not killed_hub and progress[0] > total * 0.3:
-                killed_hub = True
-                victim = hubs.pop(0)
-                os.killpg(victim.pid, signal.SIGKILL)
-                victim.wait()
-                hubs.append(start_local_hub(lb.connection_file, 2, name="chaos-replacement"))
-                events["hubs killed and replaced"] += 1
-            if not restarted_lb and progress[0] > total * 0.5:
-                restarted_lb = True
-                lb.kill()
-                lb.start()
-                events["balancer restarts"] += 1
 
     try:
         with Client(connection_file=lb.connection_file, user="chaos") as client:
             wait_for(lambda: worker_count(client) == 6, what="6 workers")
             futures = [client.options(retries=3).submit(chaos_task, i) for i in range(total)]
-            settled = [0]
-            done = threading.Event()
-            for fut in futures:
-                fut.add_done_callback(lambda _: settled.__setitem__(0, settled[0] + 1))
-            thread = threading.Thread(target=monkey, args=(done, settled), daemon=True)
+            thread = threading.Thread(target=monkey, daemon=True)
             thread.start()
+
+            def settled() -> int:
+                return sum(f.done() for f in futures)
+
+            wait_for(lambda: settled() > total * 0.3, timeout=120, what="30 % of the tasks")
+            victim = hubs.pop(0)
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+            hubs.append(start_local_hub(lb.connection_file, 2, name="chaos-replacement"))
+            events["hubs killed and replaced"] += 1
+            wait_for(lambda: settled() > total * 0.5, timeout=120, what="50 % of the tasks")
+            lb.kill()
+            lb.start()
+            events["balancer restarts"] += 1
             outcomes: Counter[str] = Counter()
             for i, fut in enumerate(futures):
                 try:
@@ -87,7 +82,6 @@ def test_every_task_ends_exactly_once(balancer_process, request: pytest.FixtureR
                 except WorkerLost as exc:
                     assert "was lost" in str(exc)
                     outcomes["failed (worker lost 4 times)"] += 1
-            done.set()
             stop.set()
             thread.join(30)
             assert sum(outcomes.values()) == total
