@@ -13,7 +13,7 @@ import pytest
 HARNESS = Path(__file__).parent / "fuzz" / "atheris_balancer.py"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed (pip install atheris)")
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed here")
 def test_atheris_finds_no_crash_in_message_handling(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(HARNESS), "-runs=4000", "-seed=7", f"-artifact_prefix={tmp_path}/"],
