@@ -140,14 +140,6 @@ def read(path: str | Path) -> ConnectionInfo:
     return ConnectionInfo.from_dict(data, str(path))
 
 
-def existing_key(path: Path) -> str | None:
-    """The key of a previous balancer's connection file at ``path``, so restarts keep it."""
-    try:
-        return read(path).key
-    except ConnectionFileError:
-        return None
-
-
 def from_parameters(params: Parameters, path: Path | None = None) -> ConnectionInfo:
     """Connection info for a peer configured by ``params``: the seed's address and ports, the
     file's keys.

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,6 @@ class WorkerHub:
         self._session: Session | None = None
         self._info: ConnectionInfo | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
-        self._stopped = threading.Event()
         self._last_ack = 0.0
         self._last_hello = 0.0
         self._started = 0.0
@@ -191,7 +190,6 @@ class WorkerHub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self._loop.add_signal_handler(sig, self._begin_drain)
-        self._stopped.clear()
         self._done = asyncio.Event()
         self._started = time.monotonic()
         if self.local:
@@ -308,9 +306,6 @@ class WorkerHub:
             )
         self._request_stop()
 
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
-
     def _shutdown(self) -> None:
         self._stopping = True
         if self._heartbeat is not None:
@@ -333,7 +328,6 @@ class WorkerHub:
         self._socket.close(linger=500)
         self._context.term()
         log.info("WKHUB - %s stopped", self.name)
-        self._stopped.set()
 
     # -- messages ------------------------------------------------------------------------------
     def _send(self, header: dict[str, Any]) -> None:
@@ -631,8 +625,3 @@ def load_tasks(spec: str) -> dict[str, Callable[..., Any]]:
     if isinstance(value, dict) and all(callable(v) for v in value.values()):
         return dict(value)
     raise PlbError(f"--tasks {spec}: must name a function or a dict of name -> function")
-
-
-def iter_workers(hub: WorkerHub) -> Iterable[tuple[str, int]]:
-    """``(worker id, pid)`` of the hub's live workers."""
-    return [(w.id, w.process.pid) for w in hub.workers.values()]

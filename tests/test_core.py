@@ -270,6 +270,9 @@ def test_healthcheck_warns_while_there_are_no_workers(cluster, caplog: pytest.Lo
         return any(r.getMessage() == "HC - WARNING : LB HAS NO WORKERS." for r in records)
 
     wait_for(logged, what="the HC warning in the log")
-    assert cluster.balancer.snapshot()["health"]["messages"] == ["HC - WARNING : LB HAS NO WORKERS."]
+    wait_for(
+        lambda: cluster.balancer.snapshot()["health"]["messages"] == ["HC - WARNING : LB HAS NO WORKERS."],
+        what="the warning in the balancer's status",
+    )
     start_hub(1)
     wait_for(lambda: cluster.balancer.snapshot()["health"]["status"] == "ok", what="health ok")
