@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,29 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     yield context.new_page()
     context.close()
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def hostile_task(seconds: float) -> Any:
+    """A function task whose name (its ``__qualname__``) is markup, to check escaping."""
+
+    def task() -> float:
+        time.sleep(seconds)
+        return seconds
+
+    task.__qualname__ = HOSTILE
+    return task
+
+
+def lab_command(port: int, token: str, root: Path, *extra: str) -> list[str]:
+    """``jupyter lab`` for a browser test: loopback, a token, no browser, no news."""
+    return [
+        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+        f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        *extra, "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
+    ]
 
 
 def free_port() -> int:

@@ -12,9 +12,7 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.launch import stop_process
+from tests.browser.conftest import free_port, lab_command
 from tests.conftest import ROOT, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -43,12 +42,6 @@ READ_STATE = """() => {
   const busy = prompts.findIndex((p) => p.includes('*'));
   return {done: number('plb-done'), running: number('plb-running'), busy, prompts};
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers(url: str) -> bool:
@@ -91,21 +84,7 @@ def lab(ready_client: Client, connection_file: Path, tmp_path: Path) -> Iterator
         (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
     log = (tmp_path / "lab.log").open("wb")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter",
-            "lab",
-            "--allow-root",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}",
-            "--ServerApp.jpserver_extensions=jupyter_plb=False",
-            "--LabApp.news_url=None",
-            "--LabApp.expose_app_in_browser=True",
-        ],
+        lab_command(port, token, root, "--ServerApp.jpserver_extensions=jupyter_plb=False"),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

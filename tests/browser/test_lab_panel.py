@@ -19,7 +19,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +31,7 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.launch import stop_process
-from tests.browser.conftest import ARTIFACTS, free_port
+from tests.browser.conftest import ARTIFACTS, HOSTILE, free_port, hostile_task, lab_command
 from tests.conftest import ROOT, wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -41,7 +40,6 @@ from playwright.sync_api import expect
 # Room for building the lab extension once (session fixture) on a machine where it is missing.
 pytestmark = pytest.mark.timeout(420)
 
-HOSTILE = "<img src=x onerror=alert(1)>"
 EVIL_USER = "<b>evil</b>"
 TIMEOUT_MS = 30_000
 PANEL = "#jupyter-plb-panel"
@@ -198,22 +196,9 @@ def lab(lab_extension: Path, tmp_path: Path) -> Iterator[Lab]:
     log_path = tmp_path / "lab.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter",
-                "lab",
-                "--allow-root",
-                "--no-browser",
-                "--ip=127.0.0.1",
-                f"--port={port}",
-                f"--IdentityProvider.token={token}",
-                f"--ServerApp.root_dir={root}",
-                "--ServerApp.jpserver_extensions=jupyter_plb=True",
-                "--PlbExtension.local_workers=2",
-                "--LabApp.news_url=None",
-                "--LabApp.expose_app_in_browser=True",
-            ],
+            lab_command(
+                port, token, root, "--ServerApp.jpserver_extensions=jupyter_plb=True", "--PlbExtension.local_workers=2"
+            ),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -269,17 +254,6 @@ RECORD = """(hostile) => {
   });
   read();
 }"""
-
-
-def hostile_task(seconds: float) -> Any:
-    """A function task whose name (its ``__qualname__``) is markup."""
-
-    def task() -> float:
-        time.sleep(seconds)
-        return seconds
-
-    task.__qualname__ = HOSTILE
-    return task
 
 
 def total(page: Any, key: str) -> Any:

@@ -8,19 +8,9 @@ from typing import Any
 from playwright.sync_api import expect
 
 from jupyter_plb.client import Client
-from tests.browser.conftest import ARTIFACTS, MonitorServer
+from tests.browser.conftest import ARTIFACTS, HOSTILE, MonitorServer, hostile_task
 
-HOSTILE = "<img src=x onerror=alert(1)>"
 TIMEOUT_MS = 30_000
-
-
-def hostile_task(seconds: float) -> Any:
-    def task() -> float:
-        time.sleep(seconds)
-        return seconds
-
-    task.__qualname__ = HOSTILE
-    return task
 
 
 def test_monitor_page_shows_workers_queues_and_hostile_names_as_text(
