@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,32 @@ def resolve_path(params: Parameters | None = None) -> Path:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
     return default_path()
+
+
+def _in_use(address: str, port: int) -> bool:
+    """Whether something listens on ``address:port`` here (or the address is not this machine's)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
+def claim_default(directory: Path) -> Path:
+    """``plb-connection.json`` in ``directory``, or ``plb-connection-2.json``… when a running
+    balancer (another Jupyter server) already owns it; a stopped one's file is reused, so a
+    restarted server finds its journal and its ports again."""
+    for number in range(1, 100):
+        path = directory / (FILE_NAME if number == 1 else f"plb-connection-{number}.json")
+        try:
+            info = read(path)
+        except ConnectionFileError:
+            return path
+        if not _in_use(info.address, info.client_port):
+            return path
+    raise ConnectionFileError(f"{directory}: 99 balancers already run from this directory")
 
 
 def new_key() -> str:

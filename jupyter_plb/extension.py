@@ -62,7 +62,8 @@ class PlbExtension(ExtensionApp):
         "",
         config=True,
         help="""Where the balancer writes its connection file (address, ports, key; mode 0600).
-        Default: plb-connection.json in the Jupyter runtime dir. Exported to kernels as
+        Default: plb-connection.json in the Jupyter runtime dir (plb-connection-2.json… when
+        another running server's balancer owns it). Exported to kernels as
         $PLB_CONNECTION_FILE; `plb hub --connect <file>` on another machine joins with a copy.""",
     )
     local_workers = Int(
@@ -99,7 +100,10 @@ class PlbExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         params = self.effective_parameters()
-        path = Path(self.connection_file or Path(self.serverapp.runtime_dir) / connection.FILE_NAME)
+        if self.connection_file:
+            path = Path(self.connection_file)
+        else:
+            path = connection.claim_default(Path(self.serverapp.runtime_dir))
         self.balancer = Balancer(params, connection_file=path)
         self.healthcheck = HealthCheck(params, connection_file=path)
         self.monitor = MonitorService(

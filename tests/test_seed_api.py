@@ -157,3 +157,18 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     path.write_text('{"SOCKET_TIMEOUT": 500,\n "LB_IP": }')
     with pytest.raises(ParametersError, match=r"p.json: not valid JSON \(line 2"):
         parameters.load(path)
+
+
+def test_a_second_server_gets_its_own_connection_file(tmp_path: Path) -> None:
+    import socket
+
+    from jupyter_plb.connection import ConnectionInfo, claim_default, write
+
+    assert claim_default(tmp_path).name == "plb-connection.json"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        write(ConnectionInfo("127.0.0.1", port, port, port, key="k" * 64), tmp_path / "plb-connection.json")
+        assert claim_default(tmp_path).name == "plb-connection-2.json", "the first is owned by a live balancer"
+    assert claim_default(tmp_path).name == "plb-connection.json", "a stopped balancer's file is reused"
