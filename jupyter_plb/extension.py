@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class PlbExtension(ExtensionApp):
             self.balancer, LocalHub(path, self.local_workers or cpu_count())
         )
         self.settings[SETTINGS_KEY] = self.monitor
+        self._route_logs()
         # Set before any kernel starts: kernels inherit the server's environment.
         os.environ[connection.ENV_VAR] = str(path)
 
@@ -128,10 +130,21 @@ class PlbExtension(ExtensionApp):
             self.balancer.connection_path,
         )
 
+    def _route_logs(self) -> None:
+        """Show the balancer's lines (``LB - ADDING WORKER …``, the health check's) in the server's log."""
+        plb_log = logging.getLogger("jupyter_plb")
+        self._log_handlers = [h for h in self.log.handlers if h not in plb_log.handlers]
+        for handler in self._log_handlers:
+            plb_log.addHandler(handler)
+        if plb_log.level == logging.NOTSET or plb_log.level > logging.INFO:
+            plb_log.setLevel(logging.INFO)
+
     async def stop_extension(self) -> None:
         """Stop the local hub (and its workers), the health check and the balancer; never raises."""
         if not hasattr(self, "monitor"):
             return
+        for handler in getattr(self, "_log_handlers", []):
+            logging.getLogger("jupyter_plb").removeHandler(handler)
         for what, stop in (
             ("event stream", self.monitor.events.close),
             ("local hub", self.monitor.local_hub.stop),
