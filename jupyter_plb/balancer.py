@@ -359,8 +359,8 @@ class Balancer:
             else:
                 busy = True
         self._dispatch()
-        self._commit()
         self._flush()
+        self._commit()
         if busy or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._sockets.values()):
             self._schedule_pump()
 
@@ -1163,7 +1163,12 @@ class Balancer:
             self._send("clients", identity, header)
 
     def _flush(self) -> None:
-        """Send the results and task events the pump produced."""
+        """Send the results and task events the pump produced.
+
+        Results leave before the journal commit that records them (it follows at once): a crash in
+        between re-runs a task whose result its client already has, rather than delaying every
+        result by a commit.
+        """
         if self._client_out:
             outgoing, self._client_out = self._client_out, {}
             for client, items in outgoing.items():
