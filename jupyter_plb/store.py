@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 def pack_buffers(buffers: Sequence[Buffer]) -> bytes:
     """Buffers as one blob: a count, their lengths, then their bytes."""
+    if len(buffers) == 1 and isinstance(buffers[0], bytes):
+        return struct.pack("<IQ", 1, len(buffers[0])) + buffers[0]
     views = [memoryview(buffer_view(b)).cast("B") for b in buffers]
     head = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
     return head + b"".join(views)
@@ -136,6 +138,12 @@ class _Packed:
         self.buffers = list(buffers)
 
 
+def _unpacked(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if len(args) == 2 and isinstance(args[1], _Packed):
+        return (args[0], pack_buffers(args[1].buffers))
+    return args
+
+
 class SqliteStore(TaskStore):
     """A SQLite journal (stdlib ``sqlite3``), group-committed by the balancer after each batch.
 
@@ -176,9 +184,12 @@ class SqliteStore(TaskStore):
 
     def _queue(self, sql: str, args: tuple[Any, ...]) -> None:
         self._pending.append((sql, args))
-        for arg in args:
-            if isinstance(arg, _Packed):
-                self._pending_bytes += sum(buffer_size(b) for b in arg.buffers)
+
+    def _queue_packed(self, sql: str, task_id: str, buffers: Sequence[Buffer]) -> None:
+        """A large blob: packed by whoever writes the batch (the writer thread for big batches)."""
+        packed = _Packed(buffers)
+        self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
+        self._pending.append((sql, (task_id, packed)))
 
     def submitted(self, task: Task) -> None:
         spec = {
@@ -193,7 +204,7 @@ class SqliteStore(TaskStore):
             (task.seq, task.id, json.dumps(spec), task.state.value, task.attempts, small),
         )
         if small is None:
-            self._queue("INSERT OR IGNORE INTO payloads (id, buffers) VALUES (?, ?)", (task.id, _Packed(task.buffers)))
+            self._queue_packed("INSERT OR IGNORE INTO payloads (id, buffers) VALUES (?, ?)", task.id, task.buffers)
 
     def _small(self, task_id: str, buffers: Sequence[Buffer]) -> bytes | None:
         """Small pickles go in the task's row; large ones in a side table (remembered here)."""
@@ -203,7 +214,7 @@ class SqliteStore(TaskStore):
         return None
 
     def function(self, fn_id: str, buffers: Sequence[Buffer]) -> None:
-        self._queue("INSERT OR IGNORE INTO functions (fn, buffers) VALUES (?, ?)", (fn_id, _Packed(buffers)))
+        self._queue_packed("INSERT OR IGNORE INTO functions (fn, buffers) VALUES (?, ?)", fn_id, buffers)
 
     def state(self, task: Task) -> None:
         self._queue(
@@ -216,11 +227,12 @@ class SqliteStore(TaskStore):
         self._queue(
             "UPDATE tasks SET state = ?, worker = ?, attempts = ?, result = ?, result_buffers = ?, ended = ? "
             "WHERE id = ?",
-            (task.state.value, task.worker, task.attempts, json.dumps(task.result or {}), small, task.ended, task.id),
+            (task.state.value, task.worker, task.attempts, json.dumps(task.result) if task.result else None, small,
+             task.ended, task.id),
         )
         if small is None:
-            self._queue(
-                "INSERT OR REPLACE INTO results (id, buffers) VALUES (?, ?)", (task.id, _Packed(task.result_buffers))
+            self._queue_packed(
+                "INSERT OR REPLACE INTO results (id, buffers) VALUES (?, ?)", task.id, task.result_buffers
             )
 
     def collected(self, task: Task) -> None:
@@ -289,10 +301,7 @@ class SqliteStore(TaskStore):
             cursor.execute("BEGIN")
             try:
                 for sql, rows in itertools.groupby(pending, key=lambda item: item[0]):
-                    cursor.executemany(sql, [
-                        tuple(pack_buffers(a.buffers) if isinstance(a, _Packed) else a for a in args)
-                        for _, args in rows
-                    ])
+                    cursor.executemany(sql, [_unpacked(args) for _, args in rows])
                 cursor.execute("COMMIT")
             except sqlite3.Error:
                 cursor.execute("ROLLBACK")
