@@ -355,7 +355,7 @@ class Balancer:
                 frames = protocol.recv_ready(sock)
                 if frames is None:
                     break
-                self._handle(role, sock, frames, handler)
+                self._handle(role, frames, handler)
             else:
                 busy = True
         self._dispatch()
@@ -367,7 +367,6 @@ class Balancer:
     def _handle(
         self,
         role: str,
-        sock: zmq.Socket,
         frames: list[zmq.Frame],
         handler: Callable[[Message], None],
     ) -> None:
@@ -381,19 +380,19 @@ class Balancer:
         try:
             handler(msg)
         except (PlbError, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
-            self._refuse(sock, role, msg, exc)
+            self._refuse(role, msg, exc)
         except Exception as exc:
             log.exception("LB - unexpected error handling a %r message on the %s port", msg.type, role)
-            self._refuse(sock, role, msg, exc)
+            self._refuse(role, msg, exc)
         finally:
             self.sender = None
 
-    def _refuse(self, sock: zmq.Socket, role: str, msg: Message, exc: Exception) -> None:
+    def _refuse(self, role: str, msg: Message, exc: Exception) -> None:
         """A verified message the balancer cannot act on: count it, answer with the reason."""
         log.warning("LB - bad %r message on the %s port: %s", msg.type, role, exc)
         self.stats.bad_messages += 1
         if "req" in msg.header and msg.identity is not None:
-            self._reply(sock, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
+            self._reply(role, msg, {"type": "error", "error": f"bad {msg.type!r} message: {exc}"})
 
     def _send(
         self,
@@ -417,11 +416,18 @@ class Balancer:
                 self._schedule_pump()
         return True
 
-    def _reply(self, sock: zmq.Socket, msg: Message, header: dict[str, Any]) -> None:
-        role = next(r for r, s in self._sockets.items() if s is sock)
+    def _reply(
+        self,
+        role: str,
+        msg: Message,
+        header: dict[str, Any],
+        buffers: list[Buffer] | None = None,
+        digests: list[bytes] | None = None,
+    ) -> None:
+        """Answer ``msg`` on the port it came in on, naming its request id."""
         header["req"] = msg.header.get("req")
         assert msg.identity is not None
-        self._send(role, msg.identity, header)
+        self._send(role, msg.identity, header, buffers, digests)
 
     # -- clients ----------------------------------------------------------------------------
     def _on_client_message(self, msg: Message) -> None:
@@ -435,13 +441,8 @@ class Balancer:
             raise TaskRejected(f"unknown message type {msg.type!r}")
         handler(self, msg)
 
-    def _client_reply(self, msg: Message, header: dict[str, Any], buffers=None, digests=None):
-        header["req"] = msg.header.get("req")
-        assert msg.identity is not None
-        self._send("clients", msg.identity, header, buffers, digests)
-
     def _on_hello(self, msg: Message) -> None:
-        self._client_reply(msg, {
+        self._reply("clients", msg, {
             "type": "welcome",
             "balancer": self.id,
             "version": __version__,
@@ -610,7 +611,7 @@ class Balancer:
                 digests.extend(result_digests)
                 self._collected(task, now)
             infos[str(task_id)] = info
-        self._client_reply(msg, {"type": "status", "tasks": infos}, buffers, digests)
+        self._reply("clients", msg, {"type": "status", "tasks": infos}, buffers, digests)
 
     def _on_cancel(self, msg: Message) -> None:
         ids = msg.header.get("ids")
@@ -621,7 +622,7 @@ class Balancer:
             str(i): self.cancel(i) if self._owned(i) else dict(unknown)
             for i in ids[:100_000] if isinstance(i, str)
         }
-        self._client_reply(msg, {"type": "cancelled", "results": results})
+        self._reply("clients", msg, {"type": "cancelled", "results": results})
 
     def _on_ack(self, msg: Message) -> None:
         now = self.now()
@@ -631,11 +632,11 @@ class Balancer:
                 self._collected(task, now)
 
     def _on_status(self, msg: Message) -> None:
-        self._client_reply(msg, {"type": "snapshot", "data": self.snapshot()})
+        self._reply("clients", msg, {"type": "snapshot", "data": self.snapshot()})
 
     def _on_tasks(self, msg: Message) -> None:
         header = msg.header
-        self._client_reply(msg, {
+        self._reply("clients", msg, {
             "type": "task_list",
             **self.list_tasks(
                 state=header.get("state"),
@@ -781,11 +782,12 @@ class Balancer:
             buffers = msg.buffers[position : position + count]
             digests = msg.digests[position : position + count]
             position += count
-            self._on_result(worker_id, info, buffers, digests, now)
+            self._on_result(worker_id, hub, info, buffers, digests, now)
 
     def _on_result(
         self,
         worker_id: str,
+        hub: Hub | None,
         info: dict[str, Any],
         buffers: list[Buffer],
         digests: list[bytes],
@@ -819,8 +821,7 @@ class Balancer:
         if _finite(started):
             task.started = float(started)
         task.worker = worker_id
-        hub = self._hub_of(worker_id)
-        if hub is not None:
+        if hub is not None and worker_id in hub.workers:
             task.hub = hub.id
             hub.workers[worker_id]["done"] += 1
         self._finish(task, state, now, result, buffers, digests)
@@ -977,9 +978,8 @@ class Balancer:
 
     # -- health check --------------------------------------------------------------------------
     def _on_health_message(self, msg: Message) -> None:
-        sock = self._sockets["health"]
         if msg.type == "health":
-            self._reply(sock, msg, {"type": "health_report", **self.health_report()})
+            self._reply("health", msg, {"type": "health_report", **self.health_report()})
         elif msg.type == "health_update":
             status = msg.header.get("status")
             messages = msg.header.get("messages", [])
@@ -990,7 +990,7 @@ class Balancer:
                     "checked": self.now(),
                 }
         elif msg.type == "status":
-            self._reply(sock, msg, {"type": "snapshot", "data": self.snapshot()})
+            self._reply("health", msg, {"type": "snapshot", "data": self.snapshot()})
         else:
             raise TaskRejected(f"unknown message type {msg.type!r}")
 

@@ -70,8 +70,7 @@ def test_one_input(data: bytes) -> None:
     else:
         frames = [fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64)) for _ in range(fdp.ConsumeIntInRange(0, 6))]
     identity = fdp.PickValueInList([b"client_x", b"hub_x", b"worker_x", b"client_x-tx"])
-    sock = BALANCER._sockets[role]
-    BALANCER._handle(role, sock, [identity, *frames], HANDLERS[role])
+    BALANCER._handle(role, [identity, *frames], HANDLERS[role])
 
 
 if __name__ == "__main__":
