@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,21 @@ def free_params(**overrides: Any) -> parameters.Parameters:
         LB_HEARTBEAT_INTERVAL=0.3,
         **overrides,
     )
+
+
+@contextlib.contextmanager
+def running_balancer(folder: Path, hub_name: str, workers: int = 2) -> Iterator[Path]:
+    """A balancer and one registered hub for a whole module; yields the connection file."""
+    connection_file = folder / "plb-connection.json"
+    cluster = LocalCluster(free_params(), monitor=False, connection_file=connection_file).start()
+    hub = start_local_hub(connection_file, workers, name=hub_name)
+    try:
+        with Client(connection_file=connection_file) as client:
+            wait_for(lambda: worker_count(client) == workers, what=f"{workers} workers to register")
+        yield connection_file
+    finally:
+        stop_process(hub)
+        cluster.stop()
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from IPython.testing.globalipapp import start_ipython
 
 from jupyter_plb import magics
 from jupyter_plb.client import Client, PlbFuture
-from jupyter_plb.launch import LocalCluster, start_local_hub, stop_process
 
-from .conftest import free_params, wait_for, worker_count
+from .conftest import running_balancer, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,16 +69,8 @@ def echo(value):
 @pytest.fixture(scope="module")
 def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One balancer and a 2-worker hub for the whole module (its tests share them)."""
-    connection_file = tmp_path_factory.mktemp("plb") / "plb-connection.json"
-    cluster = LocalCluster(free_params(), monitor=False, connection_file=connection_file).start()
-    hub = start_local_hub(connection_file, 2, name="magics-hub")
-    try:
-        with Client(connection_file=connection_file) as client:
-            wait_for(lambda: worker_count(client) == 2, what="2 workers to register")
+    with running_balancer(tmp_path_factory.mktemp("plb"), "magics-hub") as connection_file:
         yield connection_file
-    finally:
-        stop_process(hub)
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

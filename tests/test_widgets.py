@@ -18,9 +18,8 @@ from comm.base_comm import BaseComm
 
 from jupyter_plb import display, widgets
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster, start_local_hub, stop_process
 
-from .conftest import free_params, wait_for, worker_count
+from .conftest import running_balancer, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,16 +46,8 @@ def inverse(x: float) -> float:
 @pytest.fixture(scope="module")
 def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A balancer with one hub whose name is an HTML injection attempt."""
-    connection_file = tmp_path_factory.mktemp("plb") / "plb-connection.json"
-    cluster = LocalCluster(free_params(), monitor=False, connection_file=connection_file).start()
-    hub = start_local_hub(connection_file, 2, name=PAYLOAD)
-    try:
-        with Client(connection_file=connection_file) as client:
-            wait_for(lambda: worker_count(client) == 2, what="2 workers to register")
+    with running_balancer(tmp_path_factory.mktemp("plb"), PAYLOAD) as connection_file:
         yield connection_file
-    finally:
-        stop_process(hub)
-        cluster.stop()
 
 
 @pytest.fixture
