@@ -511,15 +511,10 @@ class _Batch:
         """The futures in submission order, as they are queued."""
         index = 0
         while True:
+            if index >= len(self.futures) and not self.exhausted:
+                self.feed()
             with self._grew:
-                while index >= len(self.futures) and not self.exhausted:
-                    self._grew.release()
-                    try:
-                        self.feed()
-                    finally:
-                        self._grew.acquire()
-                    if index >= len(self.futures) and not self.exhausted:
-                        self._grew.wait()
+                self._grew.wait_for(lambda i=index: i < len(self.futures) or self.exhausted)
                 if index >= len(self.futures):
                     return
                 fut = self.futures[index]
