@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -136,6 +137,8 @@ class Balancer:
         self._timer: asyncio.TimerHandle | None = None
         self._pump_scheduled = False
         self._in_pump = False
+        #: Set when a dispatch left tasks queued: every slot's credit is used until results arrive.
+        self._slots_full = False
         self.session: Session | None = None
         #: CurveZMQ keys and authenticator (security.py); None when Curve is off.
         self.curve: security.CurveServer | None = None
@@ -342,7 +345,13 @@ class Balancer:
             self._in_pump = False
 
     def _pump_once(self) -> None:
+        """Workers first (results free slots), then clients, then the health check.
+
+        Freed slots get work before client messages are read, and again after the first client
+        message that brings tasks, so workers never wait while a long run of submits is read.
+        """
         busy = False
+        self._slots_full = False
         for role, handler in (
             ("workers", self._on_worker_message),
             ("clients", self._on_client_message),
@@ -356,6 +365,8 @@ class Balancer:
                 if frames is None:
                     break
                 self._handle(role, frames, handler)
+                if not self._slots_full and self.scheduler.queued_count:
+                    self._dispatch()
             else:
                 busy = True
         self._dispatch()
@@ -372,7 +383,7 @@ class Balancer:
     ) -> None:
         assert self.session is not None
         try:
-            msg = self.session.deserialize(frames, routed=True)
+            msg = self.session.deserialize(frames, routed=True, verify=False)
         except ProtocolError as exc:
             log.debug("LB - dropped a message on the %s port: %s", role, exc)
             return
@@ -478,7 +489,7 @@ class Balancer:
             digests = msg.digests[position : position + count]
             position += count
             fn_id = function_digest(digests)
-            if spec.get("fn") != fn_id:
+            if spec.get("fn") != fn_id or not protocol.matches(buffers, digests):
                 raise TaskRejected("function digest does not match its buffers")
             fn_ids[fn_id] = fn_id
             if fn_id not in self.functions:
@@ -807,7 +818,7 @@ class Balancer:
         if task is None or task.state.finished:
             return
         if task.state is TaskState.QUEUED:
-            self.scheduler.cancel_queued(task.id)
+            self.scheduler.cancel_queued(task)
         elif task.worker != worker_id and task.worker is not None:
             self._skip_on_worker(task)
         state = TaskState.DONE if info.get("state") == "done" else TaskState.FAILED
@@ -1018,6 +1029,7 @@ class Balancer:
     # -- dispatch and results -----------------------------------------------------------------
     def _dispatch(self) -> None:
         assignments = self.scheduler.dispatch()
+        self._slots_full = self.scheduler.queued_count > 0
         if self._went_idle:
             if not self.scheduler.queued_count:
                 self._steal_for_idle_slots()
@@ -1197,7 +1209,7 @@ class Balancer:
 
     def _forget(self, task: Task) -> None:
         self.tasks.pop(task.id, None)
-        self.store.forget(task.id)
+        self.store.forget(task)
         if not task.result_offloaded:
             self._result_bytes -= task.result_size
         task.result_buffers = []
@@ -1241,7 +1253,7 @@ class Balancer:
         if task is None:
             return {"cancelled": False, "state": None, "from": None}
         if task.state is TaskState.QUEUED:
-            self.scheduler.cancel_queued(task.id)
+            self.scheduler.cancel_queued(task)
             self._finish(task, TaskState.CANCELLED, now, {})
             self._schedule_pump()
             return {"cancelled": True, "state": "cancelled", "from": "queue"}
@@ -1265,7 +1277,7 @@ class Balancer:
 
     def cancel_user(self, user: str) -> int:
         """Cancel every queued task of ``user``; return how many."""
-        ids = [t.id for t in self.scheduler.queued_tasks() if t.user == user]
+        ids = [t.id for t in self.scheduler.iter_queued(user)]
         for task_id in ids:
             self.cancel(task_id)
         return len(ids)
@@ -1329,7 +1341,7 @@ class Balancer:
         for task_id, _reason in list(self._unschedulable.items()):
             task = self.tasks.get(task_id)
             if task is not None and task.timeout and now - task.submitted > task.timeout:
-                self.scheduler.cancel_queued(task.id)
+                self.scheduler.cancel_queued(task)
                 reason = f"no worker could take it within {task.timeout:g} s: {task.reason}"
                 self._fail(task, "TaskRejected", reason, now)
 
@@ -1347,7 +1359,7 @@ class Balancer:
                 self._forget(task)
 
     def _recheck_unschedulable(self) -> None:
-        for task in self.scheduler.queued_tasks() if self._unschedulable or self.scheduler.slots else []:
+        for task in self.scheduler.iter_queued() if self._unschedulable or self.scheduler.slots else []:
             reason = self.scheduler.unschedulable_reason(task)
             if reason and task.id not in self._unschedulable:
                 task.reason = reason
@@ -1386,7 +1398,7 @@ class Balancer:
                 "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
-        for task in self.scheduler.queued_tasks()[:100_000]:
+        for task in itertools.islice(self.scheduler.iter_queued(), 100_000):
             entry = queues.setdefault(task.name, {"name": task.name, "queued": 0, "max_wait": 0.0})
             entry["queued"] += 1
             entry["max_wait"] = max(entry["max_wait"], now - task.submitted)

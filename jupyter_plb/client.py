@@ -43,8 +43,9 @@ from .worker import VERSIONS
 
 log = logging.getLogger(__name__)
 
-#: Tasks per submit message when many are sent at once.
-SUBMIT_BATCH = 1000
+#: Tasks per submit message when many are sent at once: small enough that the balancer starts
+#: dispatching while the rest are still being pickled.
+SUBMIT_BATCH = 100
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Received results are acknowledged in batches of this many, or after this delay.
 ACK_BATCH = 1000
@@ -472,54 +473,77 @@ class _Batch:
         self.items = items
         self.chunksize = chunksize
         self.window = submitter._connection.max_queued_per_user or 0
-        self.outstanding = 0
+        self.step = max(1, min(SUBMIT_BATCH, self.window) // 2) if self.window else SUBMIT_BATCH
+        self.claimed = 0
+        self.settled = 0
+        self._settled_counter = itertools.count(1)
         self.futures: list[PlbFuture] = []
         self.exhausted = False
         self._grew = threading.Condition()
 
-    def feed(self, *settled: Any) -> None:
-        """Queue more tasks while the window has room; called again each time a future settles."""
+    def _on_settled(self, _future: Any) -> None:
+        """A future of this map settled: feed more every ``step`` of them, or when all did."""
+        count = next(self._settled_counter)  # atomic: callbacks may come from several threads
+        if not self.exhausted and (count % self.step == 0 or count >= self.claimed):
+            self.feed(count)
+
+    def feed(self, settled: int = 0) -> None:
+        """Queue more tasks while the window has room.
+
+        Tasks leave in messages of ``SUBMIT_BATCH``, each as soon as it is pickled.
+        """
         with self._grew:
-            if settled:
-                self.outstanding -= 1
+            self.settled = max(self.settled, settled)
             if self.exhausted:
                 return
-            room = self.window - self.outstanding if self.window else SUBMIT_BATCH * 10
-            if self.window and room < min(SUBMIT_BATCH, self.window) // 2 and self.outstanding:
+            outstanding = self.claimed - self.settled
+            room = self.window - outstanding if self.window else SUBMIT_BATCH * 100
+            if self.window and room < self.step and outstanding:
                 return
-            specs: list[tuple[dict[str, Any], list[Buffer], PlbFuture]] = []
-            while len(specs) < room:
+            self.claimed += room  # claimed now, so a concurrent feed does not claim it too
+        sent = 0
+        while sent < room and not self.exhausted:
+            specs = self._pickle(min(SUBMIT_BATCH, room - sent))
+            sent += len(specs)
+            if specs:
+                self.submitter._send_tasks(specs, self.fn_id, self.fn_buffers)
+                for _spec, _buffers, fut in specs:
+                    fut.add_done_callback(self._on_settled)
+        with self._grew:
+            self.claimed -= room - sent
+
+    def _pickle(self, count: int) -> list[tuple[dict[str, Any], list[Buffer], PlbFuture]]:
+        """Up to ``count`` more tasks, made visible to iteration at once."""
+        specs: list[tuple[dict[str, Any], list[Buffer], PlbFuture]] = []
+        with self._grew:
+            while len(specs) < count:
                 chunk = list(itertools.islice(self.items, self.chunksize))
                 if not chunk:
                     self.exhausted = True
                     break
-                payload = (chunk[0], {}) if self.chunksize == 1 else (chunk, {})
+                payload = protocol.call_payload(chunk[0], {}) if self.chunksize == 1 else (chunk, {})
                 spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
                 if self.chunksize > 1:
                     spec["chunk"] = True
                 specs.append((spec, buffers, fut))
-            self.outstanding += len(specs)
             self.futures.extend(fut for _, _, fut in specs)
             self._grew.notify_all()
-        for start in range(0, len(specs), SUBMIT_BATCH):
-            part = specs[start : start + SUBMIT_BATCH]
-            self.submitter._send_tasks(part, self.fn_id, self.fn_buffers)
-            for _spec, _buffers, fut in part:
-                fut.add_done_callback(self.feed)
+        return specs
 
     def __iter__(self) -> Iterator[PlbFuture]:
         """The futures in submission order, as they are queued."""
         index = 0
         while True:
-            if index >= len(self.futures) and not self.exhausted:
+            if index < len(self.futures):  # the list only grows: no lock needed to read it
+                yield self.futures[index]
+                index += 1
+                continue
+            if not self.exhausted:
                 self.feed()
             with self._grew:
                 self._grew.wait_for(lambda i=index: i < len(self.futures) or self.exhausted)
                 if index >= len(self.futures):
                     return
-                fut = self.futures[index]
-            yield fut
-            index += 1
 
 
 class _Submitter:
@@ -534,7 +558,7 @@ class _Submitter:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         fn_buffers, fn_id = self._pickle_function(fn)
-        spec, buffers, fut = self._function_task(fn_id, _function_name(fn), (args, kwargs))
+        spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
         self._send_tasks([(spec, buffers, fut)], fn_id, fn_buffers)
         return fut
 

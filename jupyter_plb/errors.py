@@ -51,6 +51,10 @@ class DeserializationError(PlbError):
     """Bytes that passed the signature check could not be unpickled here."""
 
 
+class IntegrityError(DeserializationError):
+    """A buffer did not match the digest its signed header names (altered in transit)."""
+
+
 class BalancerUnreachable(PlbError, TimeoutError):
     """The balancer did not answer within the timeout."""
 

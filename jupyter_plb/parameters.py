@@ -40,7 +40,7 @@ EXTRA_DEFAULTS: Parameters = {
     "LB_BIND_IP": None,
     "LB_CONNECTION_FILE": None,
     "LB_HEARTBEAT_INTERVAL": 1.0,
-    "LB_PREFETCH": 8,
+    "LB_PREFETCH": 32,
     "LB_RESULT_RETENTION": 60.0,
     "LB_RESULT_TTL": 3600.0,
     "LB_RESULT_MEMORY": 1 << 30,

@@ -3,19 +3,35 @@
 A worker slot with free credit takes, among the users that have a queued task it can run (priority
 within ``min_p ≤ p ≤ max_p``, and a route the slot's hub offers when the task names one), the user
 with the fewest tasks on slots; ties go to the user served least recently, then that user's oldest
-fitting task. Queued tasks live in per-(user, class) ordered dicts, a class being a
-(priority, route) pair, so submit, cancel and dispatch cost does not grow with the queue length.
+fitting task.
+
+Queued tasks live in one queue per (user, class), a class being a (priority, route) pair: a deque
+that submits append to (sequence numbers only grow), plus a heap, by sequence number, of requeued
+tasks older than that deque's tail. Each queue keeps its oldest live task as its head, and dispatch
+compares heads only. A cancelled task is only marked (``Task.queue_mark``) and dropped when it
+reaches the front of the deque or heap, or with all others when cancelled entries outnumber live
+ones by more than ``_COMPACT_SLACK``. Counters replace any global id → task map, so submit, cancel
+and dispatch cost does not grow with the queue length.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .errors import QueueFull, TaskRejected
 from .tasks import Task
 
 ClassKey = tuple[float, str | None]
+
+_OUT, _LIVE, _STALE = 0, 1, 2  # values of Task.queue_mark
+_NUMBER = (int, float)
+_by_seq = attrgetter("seq")
+_COMPACT_SLACK = 32
 
 
 @dataclass(slots=True, eq=False)
@@ -50,7 +66,52 @@ class _User:
     running: int = 0
     last_served: int = 0
     queued: int = 0
-    queues: dict[ClassKey, OrderedDict[str, Task]] = field(default_factory=dict)
+    queues: dict[ClassKey, _Queue] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Queue:
+    """One user's queued tasks of one class; ``head`` is the oldest live one while ``live > 0``.
+
+    Invariant: the front of ``fifo`` and of ``requeued`` (when not empty) are live tasks.
+    """
+
+    user: _User
+    key: ClassKey
+    head: Task
+    live: int = 0
+    fifo: deque[Task] = field(default_factory=deque)
+    requeued: list[tuple[int, int, Task]] = field(default_factory=list)
+
+    def refresh(self) -> None:
+        """Drop the dead entries at both fronts and pick the new head, if any task is left."""
+        fifo, requeued = self.fifo, self.requeued
+        while fifo and fifo[0].queue_mark != _LIVE:
+            fifo.popleft().queue_mark = _OUT
+        while requeued and requeued[0][2].queue_mark != _LIVE:
+            heapq.heappop(requeued)[2].queue_mark = _OUT
+        if requeued and (not fifo or requeued[0][0] < fifo[0].seq):
+            self.head = requeued[0][2]
+        elif fifo:
+            self.head = fifo[0]
+
+    def compact(self) -> None:
+        """Drop every cancelled entry (the fronts, being live, stay)."""
+        kept: deque[Task] = deque()
+        for task in self.fifo:
+            if task.queue_mark == _LIVE:
+                kept.append(task)
+            else:
+                task.queue_mark = _OUT
+        self.fifo = kept
+        requeued = []
+        for entry in self.requeued:
+            if entry[2].queue_mark == _LIVE:
+                requeued.append(entry)
+            else:
+                entry[2].queue_mark = _OUT
+        heapq.heapify(requeued)
+        self.requeued = requeued
 
 
 def _describe_ranges(signatures: set[tuple[float, float, frozenset[str]]]) -> str:
@@ -67,30 +128,39 @@ class Scheduler:
         self.prefetch = prefetch
         self.slots: dict[str, Slot] = {}
         self._users: dict[str, _User] = {}
-        self._class_users: dict[ClassKey, set[str]] = {}
+        self._class_queues: dict[ClassKey, dict[str, _Queue]] = {}
         self._fit_cache: dict[tuple[float, float, frozenset[str]], list[ClassKey]] = {}
-        self._queued: dict[str, Task] = {}
+        self._queued = 0
+        self._requeues = itertools.count()
         self._serve_counter = 0
         self._seq = 0
 
     # -- inspection -------------------------------------------------------------------------
     @property
     def queued_count(self) -> int:
-        return len(self._queued)
+        return self._queued
 
     @property
     def running_count(self) -> int:
         return sum(len(s.assigned) for s in self.slots.values())
 
-    def queued_tasks(self) -> list[Task]:
-        return list(self._queued.values())
+    def iter_queued(self, user: str | None = None) -> Iterator[Task]:
+        """Queued tasks (all, or ``user``'s) in sequence order; do not change the queues meanwhile."""
+        streams: list[Iterable[Task]] = []
+        for u in self._users.values():
+            if user is None or u.name == user:
+                for q in u.queues.values():
+                    streams.append(q.fifo)
+                    if q.requeued:
+                        streams.append([task for _, _, task in sorted(q.requeued)])
+        return (task for task in heapq.merge(*streams, key=_by_seq) if task.queue_mark == _LIVE)
 
     def user_counts(self) -> dict[str, tuple[int, int]]:
         """``{user: (queued, on slots)}`` for every user seen."""
         return {u.name: (u.queued, u.running) for u in self._users.values()}
 
-    def is_queued(self, task_id: str) -> bool:
-        return task_id in self._queued
+    def is_queued(self, task: Task) -> bool:
+        return task.queue_mark == _LIVE
 
     def unschedulable_reason(self, task: Task) -> str | None:
         """Why no connected slot could ever take ``task``, or None when one could."""
@@ -145,9 +215,9 @@ class Scheduler:
     # -- queue ------------------------------------------------------------------------------
     def check_submit(self, user: str, extra: int = 1) -> None:
         """Raise QueueFull when ``user`` (or the balancer as a whole) cannot queue ``extra`` more."""
-        if self.max_queued and len(self._queued) + extra > self.max_queued:
+        if self.max_queued and self._queued + extra > self.max_queued:
             raise QueueFull(
-                f"the balancer already holds {len(self._queued)} queued tasks, its limit "
+                f"the balancer already holds {self._queued} queued tasks, its limit "
                 f"(LB_MAX_QUEUED); wait for some to finish"
             )
         cap = self.max_queued_per_user
@@ -160,12 +230,16 @@ class Scheduler:
                 )
 
     def submit(self, task: Task) -> None:
-        """Queue a new task (raises QueueFull or TaskRejected); it gets the next sequence number."""
-        if not isinstance(task.priority, int | float) or task.priority != task.priority:
+        """Queue a new task (raises QueueFull or TaskRejected); it gets the next sequence number.
+
+        A task cancelled while queued and submitted again before its entry was dropped keeps its place.
+        """
+        if not isinstance(task.priority, _NUMBER) or task.priority != task.priority:
             raise TaskRejected(f"priority must be a number, got {task.priority!r}")
         self.check_submit(task.user)
-        self._seq += 1
-        task.seq = self._seq
+        if task.queue_mark == _OUT:
+            self._seq += 1
+            task.seq = self._seq
         self._enqueue(task)
 
     def requeue(self, task: Task) -> None:
@@ -173,66 +247,81 @@ class Scheduler:
         self._enqueue(task)
 
     def _enqueue(self, task: Task) -> None:
+        """Queue ``task`` by its sequence number; a task still queued stays as it is."""
+        mark = task.queue_mark
+        if mark == _LIVE:
+            return
+        task.queue_mark = _LIVE
         user = self._users.get(task.user)
         if user is None:
             user = self._users[task.user] = _User(task.user)
+        user.queued += 1
+        self._queued += 1
         key: ClassKey = (task.priority, task.route)
+        if mark == _STALE:  # cancelled, but its entry is still held behind the head: revive it
+            user.queues[key].live += 1
+            return
         queue = user.queues.get(key)
         if queue is None:
-            queue = user.queues[key] = OrderedDict()
-        if queue and next(reversed(queue.values())).seq > task.seq:
-            queue[task.id] = task
-            for other_id in [tid for tid, t in queue.items() if t.seq > task.seq]:
-                queue.move_to_end(other_id)
+            queue = user.queues[key] = _Queue(user, key, task)
+            queues = self._class_queues.get(key)
+            if queues is None:
+                queues = self._class_queues[key] = {}
+                self._fit_cache.clear()
+            queues[user.name] = queue
+        elif task.seq < queue.head.seq:
+            queue.head = task
+        queue.live += 1
+        fifo = queue.fifo
+        if not fifo or fifo[-1].seq <= task.seq:
+            fifo.append(task)
         else:
-            queue[task.id] = task
-        user.queued += 1
-        users = self._class_users.get(key)
-        if users is None:
-            users = self._class_users[key] = set()
-            self._fit_cache.clear()
-        users.add(task.user)
-        self._queued[task.id] = task
+            heapq.heappush(queue.requeued, (task.seq, next(self._requeues), task))
 
-    def _unqueue(self, task: Task) -> None:
-        user = self._users[task.user]
-        key: ClassKey = (task.priority, task.route)
-        queue = user.queues[key]
-        del queue[task.id]
-        user.queued -= 1
-        del self._queued[task.id]
-        if not queue:
-            del user.queues[key]
-            users = self._class_users[key]
-            users.discard(task.user)
-            if not users:
-                del self._class_users[key]
+    def _unqueue(self, queue: _Queue, task: Task, mark: int) -> None:
+        """``task`` leaves ``queue``, marked ``mark``: _OUT when dispatched, _STALE when cancelled."""
+        task.queue_mark = mark
+        queue.live -= 1
+        queue.user.queued -= 1
+        self._queued -= 1
+        fifo, requeued = queue.fifo, queue.requeued
+        if (fifo and fifo[0] is task) or (requeued and requeued[0][2] is task):
+            queue.refresh()
+        elif len(fifo) + len(requeued) > 2 * queue.live + _COMPACT_SLACK:
+            queue.compact()
+        if not queue.live:
+            del queue.user.queues[queue.key]
+            queues = self._class_queues[queue.key]
+            del queues[queue.user.name]
+            if not queues:
+                del self._class_queues[queue.key]
                 self._fit_cache.clear()
 
-    def cancel_queued(self, task_id: str) -> Task | None:
-        task = self._queued.get(task_id)
-        if task is not None:
-            self._unqueue(task)
-        return task
+    def cancel_queued(self, task: Task) -> bool:
+        """Take a queued task out of its queue; False when it was not queued."""
+        if task.queue_mark != _LIVE:
+            return False
+        self._unqueue(self._users[task.user].queues[(task.priority, task.route)], task, _STALE)
+        return True
 
     # -- dispatch ---------------------------------------------------------------------------
     def _fitting(self, slot: Slot) -> list[ClassKey]:
         fitting = self._fit_cache.get(slot.signature)
         if fitting is None:
-            fitting = [k for k in self._class_users if slot.accepts(k)]
+            fitting = [k for k in self._class_queues if slot.accepts(k)]
             self._fit_cache[slot.signature] = fitting
         return fitting
 
-    def _pick(self, slot: Slot) -> Task | None:
-        best: Task | None = None
+    def _pick(self, slot: Slot) -> _Queue | None:
+        """The queue whose head the slot should take next."""
+        best: _Queue | None = None
         best_key: tuple[int, int, int] | None = None
         for class_key in self._fitting(slot):
-            for user_name in self._class_users.get(class_key, ()):
-                user = self._users[user_name]
-                head = next(iter(user.queues[class_key].values()))
-                key = (user.running, user.last_served, head.seq)
+            for queue in self._class_queues[class_key].values():
+                user = queue.user
+                key = (user.running, user.last_served, queue.head.seq)
                 if best_key is None or key < best_key:
-                    best, best_key = head, key
+                    best, best_key = queue, key
         return best
 
     def dispatch(self) -> list[tuple[Slot, Task]]:
@@ -244,22 +333,24 @@ class Scheduler:
             for slot in self.slots.values():
                 if len(slot.assigned) > depth or depth >= slot.capacity or not slot.accepting:
                     continue
-                task = self._pick(slot)
-                if task is None:
+                queue = self._pick(slot)
+                if queue is None:
                     continue
-                self._assign(slot, task)
-                assignments.append((slot, task))
+                assignments.append((slot, self._assign(slot, queue)))
                 if not self._queued:
                     return assignments
         return assignments
 
-    def _assign(self, slot: Slot, task: Task) -> None:
-        self._unqueue(task)
+    def _assign(self, slot: Slot, queue: _Queue) -> Task:
+        """Move the head of ``queue`` onto ``slot``."""
+        task = queue.head
+        self._unqueue(queue, task, _OUT)
         slot.assigned[task.id] = task
-        user = self._users[task.user]
+        user = queue.user
         user.running += 1
         self._serve_counter += 1
         user.last_served = self._serve_counter
+        return task
 
     def stealable(self, idle: Slot, exclude: set[str]) -> tuple[Slot, Task] | None:
         """A prefetched (not running) task the idle slot could run, from the fullest other slot."""

@@ -27,10 +27,15 @@ from .tasks import Task, TaskState
 log = logging.getLogger(__name__)
 
 
+_ONE = struct.Struct("<IQ")
+
+
 def pack_buffers(buffers: Sequence[Buffer]) -> bytes:
     """Buffers as one blob: a count, their lengths, then their bytes."""
-    if len(buffers) == 1 and isinstance(buffers[0], bytes):
-        return struct.pack("<IQ", 1, len(buffers[0])) + buffers[0]
+    if len(buffers) == 1:
+        view = buffer_view(buffers[0])
+        if isinstance(view, bytes) or (view.format == "B" and view.ndim == 1):
+            return _ONE.pack(1, len(view)) + view
     views = [memoryview(buffer_view(b)).cast("B") for b in buffers]
     head = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
     return head + b"".join(views)
@@ -77,7 +82,7 @@ class TaskStore:
     def collected(self, task: Task) -> None:
         """A task's result was collected at ``task.collected``."""
 
-    def forget(self, task_id: str) -> None:
+    def forget(self, task: Task) -> None:
         """Drop a task and its result."""
 
     def result_buffers(self, task_id: str) -> list[bytes]:
@@ -218,17 +223,17 @@ class SqliteStore(TaskStore):
 
     def state(self, task: Task) -> None:
         self._queue(
-            "UPDATE tasks SET state = ?, worker = ?, attempts = ? WHERE id = ?",
-            (task.state.value, task.worker, task.attempts, task.id),
+            "UPDATE tasks SET state = ?, worker = ?, attempts = ? WHERE seq = ?",
+            (task.state.value, task.worker, task.attempts, task.seq),
         )
 
     def finished(self, task: Task) -> None:
         small = self._small(task.id, task.result_buffers)
         self._queue(
             "UPDATE tasks SET state = ?, worker = ?, attempts = ?, result = ?, result_buffers = ?, ended = ? "
-            "WHERE id = ?",
+            "WHERE seq = ?",
             (task.state.value, task.worker, task.attempts, json.dumps(task.result) if task.result else None, small,
-             task.ended, task.id),
+             task.ended, task.seq),
         )
         if small is None:
             self._queue_packed(
@@ -236,10 +241,11 @@ class SqliteStore(TaskStore):
             )
 
     def collected(self, task: Task) -> None:
-        self._queue("UPDATE tasks SET collected = ? WHERE id = ?", (task.collected, task.id))
+        self._queue("UPDATE tasks SET collected = ? WHERE seq = ?", (task.collected, task.seq))
 
-    def forget(self, task_id: str) -> None:
-        self._queue("DELETE FROM tasks WHERE id = ?", (task_id,))
+    def forget(self, task: Task) -> None:
+        task_id = task.id
+        self._queue("DELETE FROM tasks WHERE seq = ?", (task.seq,))
         if task_id in self._large:
             self._large.discard(task_id)
             self._queue("DELETE FROM payloads WHERE id = ?", (task_id,))

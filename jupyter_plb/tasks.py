@@ -23,7 +23,11 @@ class TaskState(StrEnum):
 
 @dataclass(slots=True, eq=False)
 class Task:
-    """One unit of work. ``route`` names the hub task it needs (seed ``sendTask``), or None."""
+    """One unit of work. ``route`` names the hub task it needs (seed ``sendTask``), or None.
+
+    ``queue_mark`` is the scheduler's: 1 while queued, 2 when cancelled while its queue entry is
+    still held (it is dropped lazily), 0 otherwise.
+    """
 
     id: str
     user: str
@@ -54,6 +58,7 @@ class Task:
     result_size: int = 0
     result_offloaded: bool = False
     collected: float | None = None
+    queue_mark: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The JSON shape the monitor API and the clients' status replies use."""

@@ -27,7 +27,7 @@ import cloudpickle
 import zmq
 
 from . import protocol, sockets
-from .errors import DeserializationError
+from .errors import DeserializationError, IntegrityError
 from .protocol import Buffer, Message, Session
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MAX_OUTPUT = 1 << 20
 #: Results finished within this many seconds of each other travel in one message, as long as
 #: the next task is known to be short (the balancer marks it); otherwise they leave at once.
 RESULT_BATCH_WINDOW = 0.002
-RESULT_BATCH_MAX = 4
+RESULT_BATCH_MAX = 16
 #: Exit code of a worker that retired cleanly (recycled after its task quota, or drained): its hub
 #: replaces it (unless draining) without counting a crash, and its tasks are not charged an attempt.
 EXIT_RETIRED = 85
@@ -127,7 +127,8 @@ class _Worker:
         for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
             self.routes[name] = (fn, kwargs, _accepts_progress(fn))
         self.functions: OrderedDict[str, Any] = OrderedDict()
-        self.pending: deque[tuple[dict[str, Any], list[Buffer]]] = deque()
+        #: (spec, buffers); buffers is None when they failed their digest check.
+        self.pending: deque[tuple[dict[str, Any], list[Buffer] | None]] = deque()
         self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
         self.first_unsent = 0.0
         self.task_id: str | None = None
@@ -159,7 +160,7 @@ class _Worker:
         """Drain the socket without blocking into the local task queue."""
         while (frames := protocol.recv_ready(self.socket)) is not None:
             try:
-                msg = self.session.deserialize(frames)
+                msg = self.session.deserialize(frames, verify=False)
             except protocol.ProtocolError as exc:
                 log.warning("worker %s dropped a message: %s", self.config.worker_id, exc)
                 continue
@@ -180,25 +181,33 @@ class _Worker:
             raise SystemExit(0)
 
     def accept_tasks(self, msg: Message) -> None:
+        """Queue the tasks of a message; each buffer is checked against its signed digest here."""
         position = 0
         for spec in msg.header.get("tasks", []):
             fn_count = int(spec.get("fnbuf", 0))
             if fn_count:
-                self.cache_function(
-                    spec["fn"], msg.buffers[position : position + fn_count], spec.get("origin")
-                )
-                position += fn_count
+                end = position + fn_count
+                buffers, digests = msg.buffers[position:end], msg.digests[position:end]
+                self.cache_function(spec["fn"], buffers, digests, spec.get("origin"))
+                position = end
             elif spec.get("fn") in self.functions:
                 self.functions.move_to_end(spec["fn"])
-            count = int(spec.get("nbuf", 0))
-            self.pending.append((spec, msg.buffers[position : position + count]))
-            position += count
+            end = position + int(spec.get("nbuf", 0))
+            buffers = msg.buffers[position:end]
+            intact = protocol.matches(buffers, msg.digests[position:end])
+            self.pending.append((spec, buffers if intact else None))
+            position = end
 
-    def cache_function(self, digest: str, buffers: list[Buffer], origin: Any = None) -> None:
+    def cache_function(
+        self, digest: str, buffers: list[Buffer], digests: list[bytes], origin: Any = None
+    ) -> None:
         if isinstance(origin, str):
             self.origins[digest] = origin[:200]
         try:
+            protocol.verify(buffers, digests)
             fn: Any = protocol.loads(buffers)
+        except IntegrityError as exc:
+            fn = exc
         except DeserializationError as exc:
             fn = self.versions_error(digest, exc)
         except Exception as exc:
@@ -236,7 +245,12 @@ class _Worker:
         if self.task_id is not None:
             self.send({"type": "progress", "id": self.task_id, "value": pct})
 
-    def call(self, spec: dict[str, Any], buffers: list[Buffer]) -> Any:
+    def call(self, spec: dict[str, Any], buffers: list[Buffer] | None) -> Any:
+        if buffers is None:
+            raise IntegrityError(
+                "the task's arguments do not match the digest its signed header names: "
+                "they were altered in transit, so they were not unpickled"
+            )
         route = spec.get("route")
         if route is not None:
             if route not in self.routes:
@@ -257,7 +271,7 @@ class _Worker:
             return [fn(*item) for item in args]
         return fn(*args, **kwargs)
 
-    def run(self, spec: dict[str, Any], buffers: list[Buffer]) -> None:
+    def run(self, spec: dict[str, Any], buffers: list[Buffer] | None) -> None:
         self.task_id = spec["id"]
         self._last_progress = (0.0, -1)
         out, err = _Capture(), _Capture()
@@ -267,7 +281,7 @@ class _Worker:
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 value = self.call(spec, buffers)
-            result_buffers = protocol.dumps(value)
+            result_buffers = protocol.dumps(protocol.blob(value))
             header["state"] = "done"
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
             header["state"] = "failed"

@@ -91,7 +91,7 @@ def test_after_fuzzing_the_good_client_is_still_served(fuzz_target) -> None:
     for sock in peers.values():
         for header in hostile:
             sock.send_multipart(session.serialize(dict(header, req="f")))
-        sock.send_multipart([protocol.VERSION, b"", b"{" * 50_000])
+        sock.send_multipart([protocol.VERSION + bytes(40) + b"{" * 50_000])
         sock.send_multipart([b"\xff" * 100_000])
     assert [f.result(timeout=30) for f in [client.submit(double, i) for i in range(20)]] == [2 * i for i in range(20)]
     wait_for(lambda: client.status()["totals"]["bad_messages"] > 0, what="bad messages counted")

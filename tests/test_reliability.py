@@ -35,7 +35,7 @@ def double(x: int) -> int:
 def test_store_round_trip(tmp_path: Path) -> None:
     assert unpack_buffers(pack_buffers([b"ab", memoryview(b""), b"xyz"])) == [b"ab", b"", b"xyz"]
     store = SqliteStore(tmp_path / "j.sqlite")
-    store.forget("nothing")
+    store.forget(Task(id="nothing", user="u", priority=0, name="f", route="f", seq=99))
     store.commit()
     assert (tmp_path / "j.sqlite-wal").exists(), "WAL mode"
     queued = Task(id="t1", user="u", priority=1.5, name="f", route=None, seq=7, fn="abc",
@@ -46,8 +46,13 @@ def test_store_round_trip(tmp_path: Path) -> None:
     store.submitted(done)
     done.state, done.result, done.result_buffers, done.ended = TaskState.DONE, {"stdout": "x"}, [b"r"], 2.0
     store.finished(done)
+    gone = Task(id="t3", user="u", priority=0, name="f", route="f", seq=9)
+    store.submitted(gone)
+    store.state(gone)
+    store.forget(gone)
     store.close()
     loaded = {s.task.id: s for s in SqliteStore(tmp_path / "j.sqlite").load()}
+    assert set(loaded) == {"t1", "t2"}
     assert loaded["t1"].task.buffers == [b"args"] and loaded["t1"].fn_buffers == [b"fn"]
     assert loaded["t1"].task.seq == 7 and loaded["t1"].task.priority == 1.5
     assert loaded["t2"].task.state is TaskState.DONE and loaded["t2"].task.result_buffers == [b"r"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jupyter_plb.errors import QueueFull, TaskRejected
-from jupyter_plb.scheduler import Scheduler
+from jupyter_plb.scheduler import _COMPACT_SLACK, Scheduler
 from jupyter_plb.tasks import Task
 
 ANY = frozenset()
@@ -119,9 +119,11 @@ def test_global_queue_limit_bounds_all_users_together() -> None:
 def test_cancel_and_requeue_keep_order() -> None:
     s = Scheduler(max_queued_per_user=0, prefetch=1)
     s.add_slot("w1", "hub", 0, 10, ANY)
-    for i in range(4):
-        s.submit(task(f"A{i}", "alice"))
-    assert s.cancel_queued("A3") is not None
+    tasks = [task(f"A{i}", "alice") for i in range(4)]
+    for t in tasks:
+        s.submit(t)
+    assert s.cancel_queued(tasks[3])
+    assert not s.cancel_queued(tasks[3]), "already out of the queue"
     s.set_prefetch("w1", True)
     assigned = [t.id for _, t in s.dispatch()]
     assert assigned == ["A0", "A1"], "one running, one prefetched"
@@ -150,3 +152,130 @@ def test_dispatch_cost_does_not_grow_with_queue_length() -> None:
     slot, first = s.dispatch()[0]
     s.release(slot.id, first.id)
     assert s.queued_count == 199_999
+
+
+def queued_ids(scheduler: Scheduler, user: str | None = None) -> list[str]:
+    return [t.id for t in scheduler.iter_queued(user)]
+
+
+def test_cancelled_tasks_are_skipped_and_uncounted() -> None:
+    s = Scheduler(max_queued_per_user=0)
+    tasks = {t.id: t for t in (task(f"A{i}", "alice") for i in range(5))}
+    for t in tasks.values():
+        s.submit(t)
+    assert s.cancel_queued(tasks["A0"]), "the head"
+    assert s.cancel_queued(tasks["A2"]), "behind the head: only marked"
+    assert s.cancel_queued(tasks["A3"])
+    assert not s.is_queued(tasks["A2"]) and s.is_queued(tasks["A1"])
+    assert s.queued_count == 2
+    assert s.user_counts() == {"alice": (2, 0)}
+    assert queued_ids(s) == ["A1", "A4"]
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    assert drain(s) == ["A1", "A4"]
+    assert s.queued_count == 0 and s.user_counts() == {"alice": (0, 0)}
+    assert s.dispatch() == []
+    assert [t.queue_mark for t in tasks.values()] == [0] * 5, "no entry is left behind"
+
+
+def test_cancelling_the_last_task_of_a_class_forgets_the_class() -> None:
+    s = Scheduler(max_queued_per_user=0)
+    s.add_slot("low", "hub", 0, 5, ANY)
+    high = task("H", "u", priority=9)
+    s.submit(high)
+    s.submit(task("L", "u", priority=1))
+    assert s.cancel_queued(high)
+    assert s._class_queues.keys() == {(1, None)}
+    assert [t.id for _, t in s.dispatch()] == ["L"]
+    assert s._class_queues == {}
+
+
+def test_per_user_cap_counts_drop_on_cancel() -> None:
+    s = Scheduler(max_queued_per_user=3)
+    tasks = [task(f"A{i}", "alice") for i in range(3)]
+    for t in tasks:
+        s.submit(t)
+    with pytest.raises(QueueFull, match="already has 3 queued task"):
+        s.submit(task("A3", "alice"))
+    s.cancel_queued(tasks[1])
+    s.submit(task("A4", "alice"))
+    with pytest.raises(QueueFull, match="already has 3 queued task"):
+        s.submit(task("A5", "alice"))
+    assert queued_ids(s) == ["A0", "A2", "A4"]
+
+
+def test_global_cap_counts_drop_on_cancel() -> None:
+    s = Scheduler(max_queued_per_user=0, max_queued=2)
+    first, second = task("t0", "u0"), task("t1", "u1")
+    s.submit(first)
+    s.submit(second)
+    with pytest.raises(QueueFull, match="already holds 2 queued tasks"):
+        s.submit(task("t2", "u2"))
+    s.cancel_queued(second)
+    s.submit(task("t3", "u2"))
+    assert s.queued_count == 2 and queued_ids(s) == ["t0", "t3"]
+
+
+def test_requeued_tasks_go_back_in_sequence_order_after_cancels() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=2)
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    tasks = {t.id: t for t in (task(f"A{i}", "alice") for i in range(8))}
+    for t in tasks.values():
+        s.submit(t)
+    s.set_prefetch("w1", True)
+    assert [t.id for _, t in s.dispatch()] == ["A0", "A1", "A2"]
+    s.cancel_queued(tasks["A3"])
+    s.cancel_queued(tasks["A5"])
+    lost = s.remove_slot("w1")
+    for t in reversed(lost):
+        s.requeue(t)
+    assert queued_ids(s) == ["A0", "A1", "A2", "A4", "A6", "A7"]
+    s.cancel_queued(tasks["A1"])
+    s.submit(task("A8", "alice"))
+    assert queued_ids(s) == ["A0", "A2", "A4", "A6", "A7", "A8"]
+    s.add_slot("w2", "hub", 0, 10, ANY)
+    s.prefetch = 0
+    assert drain(s, "w2") == ["A0", "A2", "A4", "A6", "A7", "A8"]
+
+
+def test_requeue_revives_a_cancelled_entry_in_place() -> None:
+    s = Scheduler(max_queued_per_user=0)
+    tasks = [task(f"A{i}", "alice") for i in range(3)]
+    for t in tasks:
+        s.submit(t)
+    s.cancel_queued(tasks[1])
+    s.requeue(tasks[1])
+    s.requeue(tasks[1])
+    assert s.queued_count == 3 and queued_ids(s) == ["A0", "A1", "A2"]
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    assert drain(s) == ["A0", "A1", "A2"]
+    assert s.queued_count == 0
+
+
+def test_cancelled_entries_are_compacted_when_they_outnumber_live_ones() -> None:
+    s = Scheduler(max_queued_per_user=0)
+    tasks = [task(f"t{i}", "u") for i in range(1000)]
+    for t in tasks:
+        s.submit(t)
+    for t in tasks[1:-1]:
+        s.cancel_queued(t)
+    queue = s._users["u"].queues[(0, None)]
+    assert len(queue.fifo) <= 2 * queue.live + _COMPACT_SLACK, "instead of 1000 entries"
+    assert queued_ids(s) == ["t0", "t999"]
+    assert sum(t.queue_mark == 2 for t in tasks) == len(queue.fifo) - 2
+
+
+def test_queued_tasks_iterate_in_sequence_order_across_users_and_classes() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=1)
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    s.set_prefetch("w1", True)
+    for i, (user, priority, route) in enumerate(
+        [("bob", 1, None), ("alice", 0, None), ("bob", 0, "HELLO"), ("alice", 1, None), ("bob", 1, None)]
+    ):
+        s.submit(task(f"t{i}", user, priority, route))
+    assert [t.id for _, t in s.dispatch()] == ["t0", "t1"]
+    assert queued_ids(s) == ["t2", "t3", "t4"]
+    for t in s.remove_slot("w1"):
+        s.requeue(t)
+    assert queued_ids(s) == ["t0", "t1", "t2", "t3", "t4"]
+    assert queued_ids(s, "bob") == ["t0", "t2", "t4"]
+    assert queued_ids(s, "nobody") == []

@@ -508,30 +508,45 @@ def test_tampered_buffers_never_reach_pickle_and_replays_are_refused(
     info = ready_client.connection_info
     legit_file, evil_file = tmp_path / "legit.txt", tmp_path / "evil.txt"
     peer = peers(info.client_url, info.key_bytes)
-    header, buffers = submit_header(append_line, (str(legit_file), "ran"), "tester")
-    frames = peer.session.serialize(header, buffers)
     evil_args = protocol.dumps(((str(evil_file), "evil"), {}))
     assert len(evil_args) == 1
     before = rejected(ready_client)
     done_before = ready_client.status()["totals"]["done"]
-    tampered = [*frames[:-1], evil_args[0]]  # same signed header, another pickle of arguments
-    peer.send_frames(tampered)
-    wait_for(
-        lambda: rejected(ready_client).get("signature", 0) > before.get("signature", 0),
-        what="the tampered message to be refused",
-    )
-    peer.send_frames(frames)  # the genuine message: it was never accepted, so it is fresh
-    results = peer.wait_for("results")
-    assert results.header["results"][0]["state"] == "done"
-    assert protocol.loads(results.buffers) == "ran"
-    peer.send_frames(frames)  # a replay of the genuine message
+
+    # One byte of the function's pickle changed under the same signed header: the balancer checks
+    # function buffers itself (it keeps them for later tasks) and refuses the message.
+    header, buffers = submit_header(append_line, (str(legit_file), "ran"), "tester")
+    header["req"] = "fn"
+    envelope = peer.session.serialize(header, buffers)[0]
+    fn_pickle = bytes(buffers[0])
+    flipped = fn_pickle[:-2] + bytes([fn_pickle[-2] ^ 1]) + fn_pickle[-1:]
+    peer.send_frames([envelope.replace(fn_pickle, flipped)])
+    assert "function digest does not match" in peer.wait_for("error").header["error"]
+
+    # Another pickle of the arguments (same length) under the same signed header: the balancer
+    # forwards them unread; the worker checks them against the signed digest before unpickling
+    # and fails the task.
+    header, buffers = submit_header(append_line, (str(legit_file), "ran"), "tester")
+    frames = peer.session.serialize(header, buffers)
+    args_pickle = bytes(buffers[-1])
+    assert len(args_pickle) == len(evil_args[0]) and frames[0].endswith(args_pickle)
+    peer.send_frames([frames[0][: -len(args_pickle)] + evil_args[0]])
+    failed = peer.wait_for("results").header["results"][0]
+    assert failed["state"] == "failed" and failed["error"]["type"] == "jupyter_plb.errors.IntegrityError"
+    assert "altered in transit" in failed["error"]["message"]
+    peer.send_frames(frames)  # the genuine frames carry the signature already used: a replay
     wait_for(
         lambda: rejected(ready_client).get("replay", 0) > before.get("replay", 0),
         what="the replay to be refused",
     )
+    header, buffers = submit_header(append_line, (str(legit_file), "ran"), "tester")
+    peer.send(header, buffers)
+    results = peer.wait_for("results")
+    assert results.header["results"][0]["state"] == "done"
+    assert protocol.loads(results.buffers) == "ran"
     assert ready_client.submit(square, 3).result(timeout=20) == 9
     assert legit_file.read_text() == "ran\n", "the genuine task ran once, the replay never"
-    assert not evil_file.exists(), "the tampered pickle never reached a worker's pickle.loads"
+    assert not evil_file.exists(), "no tampered pickle reached a pickle.loads"
     assert ready_client.status()["totals"]["done"] == done_before + 2
 
 

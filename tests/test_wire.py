@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import zmq
 
 from jupyter_plb import protocol
 from jupyter_plb.client import Client
-from jupyter_plb.errors import DeserializationError, ProtocolError
+from jupyter_plb.errors import DeserializationError, IntegrityError, ProtocolError
 from jupyter_plb.protocol import Session
 
 from .conftest import wait_for
@@ -19,20 +21,37 @@ def add(a: int, b: int) -> int:
 
 def test_session_round_trip_and_refusals() -> None:
     sender, receiver = Session(b"secret-key"), Session(b"secret-key")
-    frames = sender.serialize({"type": "x", "n": 1}, [b"payload", memoryview(b"more")])
+    large = bytes(range(256)) * 512
+    frames = sender.serialize({"type": "x", "n": 1}, [b"payload", memoryview(b"more"), large])
+    assert len(frames) == 2 and frames[1] is large, "small buffers ride in the envelope, large ones alone"
     msg = receiver.deserialize(frames)
-    assert msg.header["n"] == 1 and [bytes(b) for b in msg.buffers] == [b"payload", b"more"]
+    assert msg.header["n"] == 1 and [bytes(b) for b in msg.buffers] == [b"payload", b"more", large]
+    assert msg.digests == [hashlib.sha256(b).digest() for b in (b"payload", b"more", large)]
     with pytest.raises(ProtocolError, match="replay"):
         receiver.deserialize(frames)
-    tampered = [*frames[:3], b"payloaX", frames[4]]
+    envelope = frames[0]
+    for tampered in ([envelope[:-1] + b"X", large], [envelope, b"X" + large[1:]]):
+        with pytest.raises(ProtocolError, match="signature"):
+            Session(b"secret-key").deserialize(tampered)
+        forwarded = Session(b"secret-key").deserialize(tampered, verify=False)
+        assert not protocol.matches(forwarded.buffers, forwarded.digests)
+        with pytest.raises(IntegrityError, match="altered in transit"):
+            protocol.verify(forwarded.buffers, forwarded.digests)
+    sizes_at = len(protocol.VERSION) + 32 + 8
+    resized = envelope[:sizes_at] + (6).to_bytes(4, "big") + envelope[sizes_at + 4 :]
     with pytest.raises(ProtocolError, match="signature"):
-        Session(b"secret-key").deserialize(tampered)
+        Session(b"secret-key").deserialize([resized, large])
+    for missing_or_extra in ([envelope], [envelope, large, large], [envelope + b"!", large]):
+        with pytest.raises(ProtocolError, match="layout"):
+            Session(b"secret-key").deserialize(missing_or_extra)
+    with pytest.raises(ProtocolError, match="layout"):
+        Session(b"secret-key").deserialize([envelope[:60]])
     with pytest.raises(ProtocolError, match="signature"):
         Session(b"other-key").deserialize(sender.serialize({"type": "x"}))
     with pytest.raises(ProtocolError, match="truncated"):
         receiver.deserialize([protocol.VERSION])
     with pytest.raises(ProtocolError, match="version"):
-        receiver.deserialize([b"http/1.1", b"", b"{}"])
+        receiver.deserialize([b"http/1.1 " * 10])
     assert receiver.rejected == {"replay": 1, "truncated": 1, "version": 1}
 
 
@@ -52,7 +71,7 @@ def _attacker_frames(good: Session) -> list[tuple[str, list[bytes]]]:
         ("replayed", valid),
         ("replayed", valid),
         ("oversized-json", good.serialize({"type": "submit", "tasks": [{"id": "x" * 10_000}]})),
-        ("nested", [protocol.VERSION, b"", b"[" * 100_000]),
+        ("nested", [protocol.VERSION + bytes(32) + (100_000).to_bytes(4, "big") + bytes(4) + b"[" * 100_000]),
     ]
 
 
@@ -85,3 +104,12 @@ def test_bad_messages_are_dropped_and_counted_while_a_good_client_is_served(
         attacker.close()
         context.term()
     assert ready_client.submit(add, 20, 22).result(timeout=20) == 42
+
+
+def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
+    blob = bytes(range(256)) * 1024
+    buffers = protocol.dumps(protocol.call_payload((blob, 1), {"k": blob, "small": b"x"}))
+    assert len(buffers) == 3 and all(protocol.buffer_size(b) == len(blob) for b in buffers[1:])
+    args, kwargs = protocol.loads([bytes(b) for b in buffers])
+    assert args == (blob, 1) and type(args[0]) is bytes and kwargs == {"k": blob, "small": b"x"}
+    assert len(protocol.dumps(protocol.call_payload((b"small",), {}))) == 1
