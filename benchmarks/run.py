@@ -65,6 +65,13 @@ def children(pid: int) -> list[int]:
     return []
 
 
+def warm_up(executor: Any, workers: int) -> None:
+    """The same for every system: a few tasks on every worker, then a few one at a time."""
+    list(executor.map(workloads.noop, range(workers * 4)))
+    for _ in range(workers * 4):
+        executor.submit(workloads.noop, 1).result()
+
+
 # -- systems --------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, float, list[int]]]:
@@ -100,6 +107,7 @@ def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, flo
             first = time.perf_counter() - started
             while sum(len(h["workers"]) for h in client.hubs()) < workers:
                 time.sleep(0.01)
+            warm_up(client, workers)
             pids = [balancer.pid, hub.pid, *children(hub.pid)]
             yield client, first, pids
             client.shutdown()
@@ -115,8 +123,7 @@ def ppe_system(workers: int) -> Iterator[tuple[concurrent.futures.ProcessPoolExe
     with concurrent.futures.ProcessPoolExecutor(workers) as executor:
         executor.submit(workloads.noop, 1).result()
         first = time.perf_counter() - started
-        for _ in range(workers * 4):
-            executor.submit(workloads.noop, 1).result()
+        warm_up(executor, workers)
         pids = [os.getpid(), *(p.pid for p in executor._processes.values())]
         yield executor, first, pids
 

@@ -38,8 +38,10 @@ from .worker import FUNCTION_CACHE_SIZE
 
 log = logging.getLogger(__name__)
 
-#: Messages handled per socket before the loop gets a turn.
+#: Messages handled per socket, and seconds spent on it, before the next socket (and the loop)
+#: gets a turn: a burst of submits must not keep finished workers waiting for new tasks.
 DRAIN_BUDGET = 2000
+DRAIN_SECONDS = 0.002
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
 MAX_RETRIES = 100
@@ -347,8 +349,8 @@ class Balancer:
     def _pump_once(self) -> None:
         """Workers first (results free slots), then clients, then the health check.
 
-        Freed slots get work before client messages are read, and again after the first client
-        message that brings tasks, so workers never wait while a long run of submits is read.
+        Idle slots get work between messages, so workers never wait while a long run of submits
+        is read; prefetch is topped up once at the end.
         """
         busy = False
         self._slots_full = False
@@ -358,6 +360,7 @@ class Balancer:
             ("health", self._on_health_message),
         ):
             sock = self._sockets[role]
+            deadline = time.perf_counter() + DRAIN_SECONDS
             for _ in range(DRAIN_BUDGET):
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     break
@@ -366,7 +369,10 @@ class Balancer:
                     break
                 self._handle(role, frames, handler)
                 if not self._slots_full and self.scheduler.queued_count:
-                    self._dispatch()
+                    self._dispatch(idle_only=True)
+                if time.perf_counter() > deadline:
+                    busy = True
+                    break
             else:
                 busy = True
         self._dispatch()
@@ -1027,8 +1033,10 @@ class Balancer:
         }
 
     # -- dispatch and results -----------------------------------------------------------------
-    def _dispatch(self) -> None:
-        assignments = self.scheduler.dispatch()
+    def _dispatch(self, idle_only: bool = False) -> None:
+        """Hand queued tasks to free slots (only to idle ones while a socket is being drained:
+        prefetched tasks wait for the end of the pump, so each slot gets them in one message)."""
+        assignments = self.scheduler.dispatch(idle_only)
         self._slots_full = self.scheduler.queued_count > 0
         if self._went_idle:
             if not self.scheduler.queued_count:
@@ -1171,7 +1179,12 @@ class Balancer:
                 self._loop.call_soon_threadsafe(self._send_replies, replies)
 
     def _send_replies(self, replies: list[tuple[bytes, dict[str, Any]]]) -> None:
+        """One message per client: its replies of a batch travel together ("replies")."""
+        grouped: dict[bytes, list[dict[str, Any]]] = {}
         for identity, header in replies:
+            grouped.setdefault(identity, []).append(header)
+        for identity, headers in grouped.items():
+            header = headers[0] if len(headers) == 1 else {"type": "replies", "replies": headers}
             self._send("clients", identity, header)
 
     def _flush(self) -> None:

@@ -332,6 +332,11 @@ class _Connection:
             self.send({"type": "ack", "ids": acks})
 
     def _handle(self, msg: Message, acks: list[str]) -> None:
+        if msg.type == "replies":  # several replies of one balancer batch, each handled alone
+            for header in msg.header.get("replies", []):
+                if isinstance(header, dict):
+                    self._handle(Message(header), acks)
+            return
         req = msg.header.get("req")
         waiting = self.requests.get(req) if req is not None else None
         # A second message naming the request (hello's "unknown" after "welcome") is handled below.

@@ -324,14 +324,23 @@ class Scheduler:
                     best, best_key = queue, key
         return best
 
-    def dispatch(self) -> list[tuple[Slot, Task]]:
-        """Fill free slot credit; idle slots first, then prefetch. Returns the assignments made."""
+    def dispatch(self, idle_only: bool = False) -> list[tuple[Slot, Task]]:
+        """Fill free slot credit; idle slots first, then prefetch (unless ``idle_only``).
+
+        Returns the assignments made.
+        """
         if not self._queued:
             return []
+        open_slots = [
+            slot for slot in self.slots.values()
+            if slot.accepting and len(slot.assigned) < (1 if idle_only else slot.capacity)
+        ]
+        if not open_slots:
+            return []
         assignments: list[tuple[Slot, Task]] = []
-        for depth in range(1 + self.prefetch):
-            for slot in self.slots.values():
-                if len(slot.assigned) > depth or depth >= slot.capacity or not slot.accepting:
+        for depth in range(1 if idle_only else max(slot.capacity for slot in open_slots)):
+            for slot in open_slots:
+                if len(slot.assigned) > depth or depth >= slot.capacity:
                     continue
                 queue = self._pick(slot)
                 if queue is None:

@@ -2,6 +2,12 @@
 
 A hub starts it as a fresh interpreter (spawn: no ipykernel, no inherited state) and supervises it; the worker
 exits by itself when its hub dies (it watches the hub's pipe in the same poll as its socket).
+
+Short tasks run back to back with the socket served between them on the main thread. While a
+long task runs (one the balancer did not mark ``short``), an I/O thread owns the socket instead: it
+sends the previous result and takes in the next tasks during the task, so the gap between two long
+tasks is a queue pop, not a receive and a send. (A thread for every task would make short,
+CPU-bound tasks fight it for the GIL.)
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -135,6 +142,23 @@ class _Worker:
         self._last_progress = (0.0, -1)
         self.completed = 0
         self.origins: dict[str, str] = {}
+        #: Guards ``pending``, ``outgoing`` and ``notes`` between the main and the I/O thread.
+        self.lock = threading.Lock()
+        #: Messages a running task sends (progress) while the I/O thread owns the socket.
+        self.notes: list[dict[str, Any]] = []
+        #: Set by the I/O thread when the worker must leave its loop after the running task.
+        self.leave: BaseException | None = None
+        #: Whoever holds it owns the socket: the main thread, or the I/O thread while ``io_active``.
+        self.socket_lock = threading.Lock()
+        self.socket_lock.acquire()
+        self.main_has_socket = True
+        self.io_active = False
+        self.io_closing = False
+        self.io_turn = threading.Condition()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        self.io_thread = threading.Thread(target=self._io_loop, name="plb-worker-io", daemon=True)
+        self.io_thread.start()
 
     # -- messages ---------------------------------------------------------------------------
     def send(self, header: dict[str, Any], buffers: list[Buffer] | None = None) -> None:
@@ -153,7 +177,7 @@ class _Worker:
             "routes": sorted(self.routes),
             "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "cloudpickle": cloudpickle.__version__,
-            "tasks": [spec.get("id") for spec, _ in self.pending],
+            "tasks": [spec.get("id") for spec, _ in list(self.pending)],
         })
 
     def receive_all(self) -> None:
@@ -173,9 +197,11 @@ class _Worker:
             self.announce()
         elif msg.type == "skip":
             skipped = msg.header.get("id")
-            before = len(self.pending)
-            self.pending = deque(p for p in self.pending if p[0].get("id") != skipped)
-            if msg.header.get("reply") and len(self.pending) < before:
+            with self.lock:
+                before = len(self.pending)
+                self.pending = deque(p for p in self.pending if p[0].get("id") != skipped)
+                removed = len(self.pending) < before
+            if msg.header.get("reply") and removed:
                 self.send({"type": "skipped", "id": skipped})
         elif msg.type == "stop":
             raise SystemExit(0)
@@ -195,7 +221,8 @@ class _Worker:
             end = position + int(spec.get("nbuf", 0))
             buffers = msg.buffers[position:end]
             intact = protocol.matches(buffers, msg.digests[position:end])
-            self.pending.append((spec, buffers if intact else None))
+            with self.lock:
+                self.pending.append((spec, buffers if intact else None))
             position = end
 
     def cache_function(
@@ -243,7 +270,16 @@ class _Worker:
             return
         self._last_progress = (now, pct)
         if self.task_id is not None:
-            self.send({"type": "progress", "id": self.task_id, "value": pct})
+            self.send_from_task({"type": "progress", "id": self.task_id, "value": pct})
+
+    def send_from_task(self, header: dict[str, Any]) -> None:
+        """Send while a task runs: directly, or through the I/O thread when it owns the socket."""
+        with self.lock:
+            if self.io_active:
+                self.notes.append(header)
+                os.write(self.wake_write, b"n")
+                return
+        self.send(header)
 
     def call(self, spec: dict[str, Any], buffers: list[Buffer] | None) -> Any:
         if buffers is None:
@@ -302,17 +338,24 @@ class _Worker:
             header["stderr"] = err.getvalue()
         self.task_id = None
         self.completed += 1
-        if not self.outgoing:
-            self.first_unsent = time.monotonic()
-        self.outgoing.append((header, result_buffers))
+        with self.lock:
+            if not self.outgoing:
+                self.first_unsent = time.monotonic()
+            self.outgoing.append((header, result_buffers))
+            if self.io_active:
+                os.write(self.wake_write, b"r")
 
     def flush(self) -> None:
-        if not self.outgoing:
-            return
-        headers = [h for h, _ in self.outgoing]
-        buffers = [b for _, bufs in self.outgoing for b in bufs]
-        self.outgoing = []
-        self.send({"type": "results", "worker": self.config.worker_id, "results": headers}, buffers)
+        """Send the finished results and the running task's notes (only from the socket's owner)."""
+        with self.lock:
+            outgoing, self.outgoing = self.outgoing, []
+            notes, self.notes = self.notes, []
+        for note in notes:
+            self.send(note)
+        if outgoing:
+            headers = [h for h, _ in outgoing]
+            buffers = [b for _, bufs in outgoing for b in bufs]
+            self.send({"type": "results", "worker": self.config.worker_id, "results": headers}, buffers)
 
     def on_control(self, fd: int) -> None:
         """The hub's pipe: ``A`` asks for a new announcement; end of file means the hub died."""
@@ -325,31 +368,109 @@ class _Worker:
         if b"D" in data:
             raise _Retire("its hub is draining")
 
+    # -- the loop ---------------------------------------------------------------------------
     def loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        control = self.config.control_fd
-        if control >= 0:
-            poller.register(control, zmq.POLLIN)
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        if self.config.control_fd >= 0:
+            self.poller.register(self.config.control_fd, zmq.POLLIN)
         self.announce()
         while True:
-            if not self.pending:
-                self.flush()
-                events = dict(poller.poll())
-                if control in events:
-                    self.on_control(control)
+            spec, buffers = self.next_task()
+            if not spec.get("short"):
+                self.hand_socket_to_io()
+            self.run(spec, buffers)
+            if self.config.max_tasks and self.completed >= self.config.max_tasks:
+                raise _Retire(f"recycled after {self.completed} tasks")
+            if self.leave is not None:
+                raise self.leave
+
+    def next_task(self) -> tuple[dict[str, Any], list[Buffer] | None]:
+        """The next task: straight from the queue while the I/O thread serves the socket and the
+        task is long; otherwise served here, receiving (and waiting) as needed."""
+        with self.lock:
+            if self.io_active and self.pending and not self.pending[0][0].get("short"):
+                return self.pending.popleft()
+        self.take_socket_back()
+        if self.leave is not None:
+            raise self.leave
+        self.receive_all()
+        while not self.pending:
+            self.flush()
+            events = dict(self.poller.poll())
+            if self.config.control_fd in events:
+                self.on_control(self.config.control_fd)
             self.receive_all()
-            while self.pending:
-                self.run(*self.pending.popleft())
-                if self.config.max_tasks and self.completed >= self.config.max_tasks:
-                    raise _Retire(f"recycled after {self.completed} tasks")
+        if (
+            len(self.outgoing) >= RESULT_BATCH_MAX
+            or time.monotonic() - self.first_unsent > RESULT_BATCH_WINDOW
+            or not self.pending[0][0].get("short")
+        ):
+            self.flush()
+        with self.lock:
+            return self.pending.popleft()
+
+    def hand_socket_to_io(self) -> None:
+        if self.main_has_socket:
+            with self.io_turn:
+                self.io_active = True
+                self.main_has_socket = False
+                self.socket_lock.release()
+                self.io_turn.notify()
+
+    def take_socket_back(self) -> None:
+        if not self.main_has_socket:
+            with self.lock:
+                self.io_active = False
+                os.write(self.wake_write, b"s")
+            self.socket_lock.acquire()
+            self.main_has_socket = True
+
+    def close_io(self) -> None:
+        """Stop the I/O thread and own the socket again (before the last flush and goodbye)."""
+        self.take_socket_back()
+        with self.io_turn:
+            self.io_closing = True
+            self.io_turn.notify()
+        self.io_thread.join(5)
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.wake_read, zmq.POLLIN)
+        while True:
+            with self.io_turn:
+                self.io_turn.wait_for(lambda: self.io_active or self.io_closing)
+                if self.io_closing:
+                    return
+            with self.socket_lock:
+                try:
+                    self._serve(poller)
+                except BaseException as exc:  # the main thread raises it after its task
+                    self.leave = exc if isinstance(exc, _Retire | SystemExit) else SystemExit(1)
+                    if not isinstance(exc, _Retire | SystemExit):
+                        log.exception("worker %s: its I/O thread failed", self.config.worker_id)
+                    self.io_active = False
+
+    def _serve(self, wake: zmq.Poller) -> None:
+        """Own the socket while the main thread runs long tasks: flush, receive, repeat."""
+        for registered in (self.socket, self.config.control_fd):
+            if registered is self.socket or registered >= 0:
+                wake.register(registered, zmq.POLLIN)
+        try:
+            while self.io_active:
+                self.flush()
+                events = dict(wake.poll())
+                if self.wake_read in events:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_read, 4096)
+                if self.config.control_fd in events:
+                    self.on_control(self.config.control_fd)
                 self.receive_all()
-                if (
-                    len(self.outgoing) >= RESULT_BATCH_MAX
-                    or time.monotonic() - self.first_unsent > RESULT_BATCH_WINDOW
-                    or (self.pending and not self.pending[0][0].get("short"))
-                ):
-                    self.flush()
+            self.flush()
+        finally:
+            wake.unregister(self.socket)
+            if self.config.control_fd >= 0:
+                wake.unregister(self.config.control_fd)
 
 
 def _set_nice(value: int) -> None:
@@ -377,11 +498,14 @@ def main(config: WorkerConfig) -> None:
         _current.loop()
     except _Retire as retire:
         code = EXIT_RETIRED
+        _current.close_io()
         _current.flush()
         _current.send({"type": "worker_bye", "worker": config.worker_id, "reason": str(retire)})
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
+        with contextlib.suppress(_Retire, SystemExit):
+            _current.close_io()
         _current.flush()
         _current.socket.close()
         _current.context.term()
