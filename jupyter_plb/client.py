@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import zmq
 
 from . import connection, parameters, protocol, security, sockets
@@ -69,6 +71,24 @@ def default_user() -> str:
 
 def _function_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+#: Pickles of functions that cloudpickle pickles by module and name: they never change.
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], tuple[list[Buffer], str]] = weakref.WeakKeyDictionary()
+
+
+def _pickled_by_reference(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is importable by its module and name (so its pickle is that name)."""
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module_name, str) or module_name == "__main__" or not isinstance(qualname, str):
+        return False
+    if module_name in cloudpickle.list_registry_pickle_by_value():
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is fn
 
 
 class PlbFuture(concurrent.futures.Future):
@@ -719,9 +739,16 @@ class _Submitter:
         return {"timeout": self._defaults.get("timeout"), "retries": self._defaults.get("retries") or 0}
 
     def _pickle_function(self, fn: Callable[..., Any]) -> tuple[list[Buffer], str]:
+        """The function's pickle and id; cached while cloudpickle pickles it by name only."""
+        cached = _by_reference.get(fn) if _pickled_by_reference(fn) else None
+        if cached is not None:
+            return cached
         buffers = protocol.dumps(fn)
         digests = [protocol.digest(b) for b in buffers]
-        return buffers, hashlib.sha256(b"".join(digests)).hexdigest()[:32]
+        pickled = (buffers, hashlib.sha256(b"".join(digests)).hexdigest()[:32])
+        if _pickled_by_reference(fn):
+            _by_reference[fn] = pickled
+        return pickled
 
     def _function_task(
         self, fn_id: str, name: str, payload: tuple[Any, dict[str, Any]]

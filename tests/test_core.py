@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jupyter_plb import report_progress
-from jupyter_plb.client import Client, as_completed
+from jupyter_plb.client import Client, PlbFuture, as_completed
 from jupyter_plb.errors import QueueFull, RemoteTraceback, TaskTimeout, WorkerLost
 from jupyter_plb.launch import stop_process
 
@@ -155,6 +155,33 @@ def test_progress_is_reported_then_100(ready_client: Client, tmp_path: Path) -> 
     gate.write_text("go")
     assert fut.result(timeout=20) == "finished"
     assert fut.progress == 100
+
+
+def sleep_for(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_an_idle_worker_takes_back_a_task_waiting_behind_a_long_one(ready_client: Client, tmp_path: Path) -> None:
+    assert len(set(ready_client.map(sleep_for, [0.03] * 12))) == 2  # long tasks: one may wait per slot
+    gates = [tmp_path / "gate-0", tmp_path / "gate-1"]
+    blocked = [ready_client.submit(with_progress, 1, str(gate)) for gate in gates]
+    wait_for(lambda: all(f.progress == 50 for f in blocked), what="both workers to be blocked")
+    waiting = ready_client.submit(sleep_for, 0)
+
+    def worker_of(fut: PlbFuture) -> str | None:
+        info = ready_client.tasks(name=fut.name)["tasks"]
+        return next((t["worker"] for t in info if t["id"] == fut.task_id), None)
+
+    holder = wait_for(lambda: worker_of(waiting), what="the task to wait on a busy worker")
+    assert worker_of(blocked[0]) != worker_of(blocked[1])
+    other = 0 if worker_of(blocked[1]) == holder else 1
+    gates[other].touch()  # the other worker goes idle; the task still waits behind a blocked one
+    waiting.result(timeout=20)
+    assert waiting.worker != holder and waiting.worker == blocked[other].worker
+    assert not blocked[1 - other].done(), "it ran while its first holder was still blocked"
+    gates[1 - other].touch()
+    assert [f.result(timeout=20) for f in blocked] == ["finished", "finished"]
 
 
 def test_printed_output_comes_back(ready_client: Client) -> None:

@@ -113,3 +113,16 @@ def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
     args, kwargs = protocol.loads([bytes(b) for b in buffers])
     assert args == (blob, 1) and type(args[0]) is bytes and kwargs == {"k": blob, "small": b"x"}
     assert len(protocol.dumps(protocol.call_payload((b"small",), {}))) == 1
+
+
+def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> None:
+    assert ready_client._pickle_function(add) is ready_client._pickle_function(add)
+    closure_value = 5
+
+    def closure(x: int) -> int:
+        return x + closure_value
+
+    first, second = ready_client._pickle_function(closure), ready_client._pickle_function(closure)
+    assert first is not second and first[1] == second[1]
+    assert ready_client.submit(closure, 1).result(timeout=20) == 6
+    assert ready_client.submit(add, 1, 2).result(timeout=20) == 3
