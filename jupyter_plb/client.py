@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -52,6 +53,11 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Received results are acknowledged in batches of this many, or after this delay.
 ACK_BATCH = 1000
 ACK_DELAY_MS = 200
+#: A submit that follows the previous one this closely waits (at most COALESCE_DELAY) to travel
+#: with the submits after it: a loop of submits becomes a few messages, not one per task.
+#: Asking a waiting future for its result sends it at once.
+COALESCE_WINDOW = 0.0003
+COALESCE_DELAY = 0.001
 #: While tasks are outstanding and the balancer has been silent this long, say hello again
 #: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
 PING_MS = 1000
@@ -114,6 +120,16 @@ class PlbFuture(concurrent.futures.Future):
         self.stdout = ""
         self.stderr = ""
         self.warning: str | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._connection is not None and self._connection.outbox:
+            self._connection.flush_submits()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._connection is not None and self._connection.outbox:
+            self._connection.flush_submits()
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         """Cancel the task on the balancer (a running one has its worker killed)."""
@@ -200,6 +216,11 @@ class _Connection:
         self._wake_pull.bind(f"inproc://{self.id}-wake")
         self._wake = self.context.socket(zmq.PAIR)
         self._wake.connect(f"inproc://{self.id}-wake")
+        #: Submits waiting to travel together: (task specs with buffers, function id, its buffers).
+        self.outbox: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]] = []
+        self._outbox_lock = threading.Lock()
+        self._last_submit = 0.0
+        self._flush_due = 0.0
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
 
@@ -216,9 +237,56 @@ class _Connection:
         """
         if self.closed:
             raise PlbError("this client is closed; create a new Client()")
+        if self.outbox and header["type"] != "submit":
+            self.flush_submits()  # what follows may name tasks that are still waiting
         header["reply_to"] = self.id
         with self._lock:
             protocol.send(self._tx, self.session.serialize(header, buffers))
+
+    def submit(self, tasks: list[tuple[dict[str, Any], list[Buffer]]], fn_id: str, fn_buffers: list[Buffer]) -> None:
+        """Send tasks of one function now, or, in a quick run of submits, a moment later with the rest."""
+        now = time.monotonic()
+        flush = False
+        with self._outbox_lock:
+            waits = bool(self.outbox) or now - self._last_submit < COALESCE_WINDOW
+            self._last_submit = now
+            if waits:
+                self.outbox.append((tasks, fn_id, fn_buffers))
+                if sum(len(queued) for queued, _, _ in self.outbox) >= SUBMIT_BATCH:
+                    flush = True
+                elif len(self.outbox) == 1:
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._wake.send(b"flush")
+        if flush:
+            self.flush_submits()
+        elif not waits:
+            self._send_submit([(tasks, fn_id, fn_buffers)])
+
+    def flush_submits(self) -> None:
+        """Send the submits that wait, as one message."""
+        with self._outbox_lock:
+            waiting, self.outbox = self.outbox, []
+        if waiting:
+            self._send_submit(waiting)
+
+    def _send_submit(self, parts: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]]) -> None:
+        functions: dict[str, list[Buffer]] = {}
+        for _tasks, fn_id, fn_buffers in parts:
+            functions.setdefault(fn_id, fn_buffers)
+        header = {
+            "type": "submit",
+            "fns": [
+                {"fn": fn_id, "nbuf": len(fn_buffers), "origin": VERSIONS} for fn_id, fn_buffers in functions.items()
+            ],
+            "tasks": [spec for tasks, _, _ in parts for spec, _ in tasks],
+        }
+        buffers = [
+            *(b for fn_buffers in functions.values() for b in fn_buffers),
+            *(b for tasks, _, _ in parts for _, task_buffers in tasks for b in task_buffers),
+        ]
+        req = self.next_request_id()
+        self.unacked[req] = (header, buffers)
+        self.send({**header, "req": req}, buffers)
 
     def next_request_id(self) -> str:
         return f"r{next(self._req_counter)}"
@@ -302,9 +370,14 @@ class _Connection:
                     self._send_acks()
                     self._ping()
                 if self._wake_pull in events:
-                    self._send_acks()
-                    self.closed = True
-                    break
+                    if self._wake_pull.recv() == b"close":
+                        self._send_acks()
+                        self.closed = True
+                        break
+                    self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
+                if self._flush_due and time.monotonic() >= self._flush_due:
+                    self._flush_due = 0.0
+                    self.flush_submits()
                 if self.socket in events:
                     self._receive()
         except zmq.ContextTerminated:
@@ -315,6 +388,8 @@ class _Connection:
             self._fail_all(PlbError("the client was closed before the task finished"))
 
     def _poll_timeout(self) -> int | None:
+        if self._flush_due:
+            return max(0, math.ceil((self._flush_due - time.monotonic()) * 1000))
         if self._acks:
             return ACK_DELAY_MS
         return PING_MS if self.futures or self.unacked else None
@@ -473,7 +548,8 @@ class _Connection:
     def close(self) -> None:
         if self.closed:
             return
-        with contextlib.suppress(zmq.ZMQError):
+        self.flush_submits()
+        with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
             self._wake.send(b"close")
         self._thread.join(5)
         self.closed = True
@@ -740,14 +816,17 @@ class _Submitter:
 
     def _pickle_function(self, fn: Callable[..., Any]) -> tuple[list[Buffer], str]:
         """The function's pickle and id; cached while cloudpickle pickles it by name only."""
-        cached = _by_reference.get(fn) if _pickled_by_reference(fn) else None
-        if cached is not None:
-            return cached
+        by_reference = _pickled_by_reference(fn)
+        with contextlib.suppress(TypeError):  # TypeError: not weak-referenceable (a numpy ufunc)
+            cached = _by_reference.get(fn) if by_reference else None
+            if cached is not None:
+                return cached
         buffers = protocol.dumps(fn)
         digests = [protocol.digest(b) for b in buffers]
         pickled = (buffers, hashlib.sha256(b"".join(digests)).hexdigest()[:32])
-        if _pickled_by_reference(fn):
-            _by_reference[fn] = pickled
+        if by_reference:
+            with contextlib.suppress(TypeError):
+                _by_reference[fn] = pickled
         return pickled
 
     def _function_task(
@@ -775,15 +854,7 @@ class _Submitter:
         conn = self._connection
         for spec, _buffers, fut in tasks:
             conn.futures[spec["id"]] = fut
-        header = {
-            "type": "submit",
-            "fns": [{"fn": fn_id, "nbuf": len(fn_buffers), "origin": VERSIONS}],
-            "tasks": [spec for spec, _, _ in tasks],
-        }
-        buffers = [*fn_buffers, *(b for _, bufs, _ in tasks for b in bufs)]
-        req = conn.next_request_id()
-        conn.unacked[req] = (header, buffers)
-        conn.send({**header, "req": req}, buffers)
+        conn.submit([(spec, buffers) for spec, buffers, _ in tasks], fn_id, fn_buffers)
 
     # -- information ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -369,6 +369,8 @@ async def test_tasks_list_filters_paginates_and_delete_cancels(
         info = plb_started.balancer.task_info
         await until(lambda: info(running.task_id)["state"] == "running", "the first task to run")
 
+        # a quick run of submits travels together, up to COALESCE_DELAY after the first of them
+        await until(lambda: len(plb_started.balancer.tasks) == 4, "the queued submits to arrive")
         listing = await get_json(jp_fetch, "plb", "api", "tasks")
         assert listing["total"] == 4
         assert [t["id"] for t in listing["tasks"]][-1] == running.task_id  # newest first
