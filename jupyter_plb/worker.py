@@ -157,6 +157,7 @@ class _Worker:
         self.io_turn = threading.Condition()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
         self.io_thread = threading.Thread(target=self._io_loop, name="plb-worker-io", daemon=True)
         self.io_thread.start()
 
@@ -277,7 +278,7 @@ class _Worker:
         with self.lock:
             if self.io_active:
                 self.notes.append(header)
-                os.write(self.wake_write, b"n")
+                self.wake_io()
                 return
         self.send(header)
 
@@ -343,7 +344,7 @@ class _Worker:
                 self.first_unsent = time.monotonic()
             self.outgoing.append((header, result_buffers))
             if self.io_active:
-                os.write(self.wake_write, b"r")
+                self.wake_io()
 
     def flush(self) -> None:
         """Send the finished results and the running task's notes (only from the socket's owner)."""
@@ -410,6 +411,11 @@ class _Worker:
         with self.lock:
             return self.pending.popleft()
 
+    def wake_io(self) -> None:
+        """Make the I/O thread look at ``outgoing``, ``notes`` and ``io_active`` again."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes it all the same
+            os.write(self.wake_write, b"w")
+
     def hand_socket_to_io(self) -> None:
         if self.main_has_socket:
             with self.io_turn:
@@ -422,7 +428,7 @@ class _Worker:
         if not self.main_has_socket:
             with self.lock:
                 self.io_active = False
-                os.write(self.wake_write, b"s")
+                self.wake_io()
             self.socket_lock.acquire()
             self.main_has_socket = True
 
