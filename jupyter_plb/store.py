@@ -8,6 +8,7 @@ a few row writes, not a transaction.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -67,6 +68,27 @@ class TaskStore:
 
     durable = False
 
+    def _queue_blob(self, table: str, task_id: str, buffers: Sequence[Buffer]) -> None:
+        """A task's large pickles: a row of ``table``, and a file when they are very large."""
+        verb = "INSERT OR IGNORE" if table == "payloads" else "INSERT OR REPLACE"
+        if sum(buffer_size(b) for b in buffers) < FILE_BLOB:
+            self._queue_packed(f"{verb} INTO {table} (id, buffers) VALUES (?, ?)", task_id, buffers)
+            return
+        packed = _Packed(buffers)
+        self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
+        self._pending.append((_WRITE_FILE, (self._blob_path(table, task_id), packed)))
+        self._queue(f"{verb} INTO {table} (id, buffers) VALUES (?, NULL)", (task_id,))
+
+    def _blob_path(self, table: str, task_id: str) -> Path:
+        return self.blobs / f"{table}-{hashlib.sha256(task_id.encode()).hexdigest()[:40]}"
+
+    def _read_blob(self, table: str, task_id: str) -> list[bytes]:
+        try:
+            return unpack_buffers(self._blob_path(table, task_id).read_bytes())
+        except OSError as exc:
+            log.warning("LB - journal: the %s of task %s is gone (%s)", table[:-1], task_id, exc)
+            return []
+
     def submitted(self, task: Task) -> None:
         """A task was accepted (with its argument buffers)."""
 
@@ -104,9 +126,15 @@ class TaskStore:
 
 MemoryStore = TaskStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Pickles smaller than this are kept in the task's row; larger ones in their own table.
 SMALL_BLOB = 4096
+#: Pickles at least this large go to a file of their own beside the journal (written with one
+#: system call per buffer, unlinked when the task is forgotten), their table row saying so with a
+#: NULL: SQLite would copy them into pages, the WAL, then the database again.
+FILE_BLOB = 64 * 1024
+_WRITE_FILE = "write file"
+_UNLINK = "unlink"
 #: Batches with fewer bytes of pickles than this are committed on the balancer's loop (cheaper
 #: than a thread hand-off); larger ones go to the writer thread so the loop never waits on disk.
 INLINE_BYTES = 256 * 1024
@@ -125,8 +153,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL,
     collected REAL
 );
-CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, buffers BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, buffers BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (id TEXT PRIMARY KEY, buffers BLOB);
+CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, buffers BLOB);
 CREATE TABLE IF NOT EXISTS functions (
     fn TEXT PRIMARY KEY,
     buffers BLOB NOT NULL
@@ -143,6 +171,17 @@ class _Packed:
         self.buffers = list(buffers)
 
 
+def _write_file(path: Path, packed: _Packed) -> None:
+    """``packed``'s buffers in the layout of :func:`pack_buffers`, mode 0600, replaced atomically."""
+    views = [memoryview(buffer_view(b)).cast("B") for b in packed.buffers]
+    partial = path.with_name(path.name + ".partial")
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views)))
+        for view in views:
+            out.write(view)
+    os.replace(partial, path)
+
+
 def _unpacked(args: tuple[Any, ...]) -> tuple[Any, ...]:
     if len(args) == 2 and isinstance(args[1], _Packed):
         return (args[0], pack_buffers(args[1].buffers))
@@ -155,7 +194,7 @@ class SqliteStore(TaskStore):
     A writer thread runs the transactions, so the balancer's loop never waits for the disk; each
     ``commit`` says what to do once its batch is durable. Argument and result buffers live in their
     own tables, written once and deleted once, so a task's frequent state updates rewrite a small
-    row, never its pickles.
+    row, never its pickles; the largest live in files (``FILE_BLOB``).
     """
 
     durable = True
@@ -176,6 +215,9 @@ class SqliteStore(TaskStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self.blobs = Path(f"{self.path}.blobs")
+        self.blobs.mkdir(mode=0o700, exist_ok=True)
+        self.blobs.chmod(0o700)
         self._large: set[str] = set()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._batches: queue.SimpleQueue[tuple[list[tuple[str, tuple[Any, ...]]], Callable[[], None] | None] | None]
@@ -196,6 +238,27 @@ class SqliteStore(TaskStore):
         self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
         self._pending.append((sql, (task_id, packed)))
 
+    def _queue_blob(self, table: str, task_id: str, buffers: Sequence[Buffer]) -> None:
+        """A task's large pickles: a row of ``table``, and a file when they are very large."""
+        verb = "INSERT OR IGNORE" if table == "payloads" else "INSERT OR REPLACE"
+        if sum(buffer_size(b) for b in buffers) < FILE_BLOB:
+            self._queue_packed(f"{verb} INTO {table} (id, buffers) VALUES (?, ?)", task_id, buffers)
+            return
+        packed = _Packed(buffers)
+        self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
+        self._pending.append((_WRITE_FILE, (self._blob_path(table, task_id), packed)))
+        self._queue(f"{verb} INTO {table} (id, buffers) VALUES (?, NULL)", (task_id,))
+
+    def _blob_path(self, table: str, task_id: str) -> Path:
+        return self.blobs / f"{table}-{hashlib.sha256(task_id.encode()).hexdigest()[:40]}"
+
+    def _read_blob(self, table: str, task_id: str) -> list[bytes]:
+        try:
+            return unpack_buffers(self._blob_path(table, task_id).read_bytes())
+        except OSError as exc:
+            log.warning("LB - journal: the %s of task %s is gone (%s)", table[:-1], task_id, exc)
+            return []
+
     def submitted(self, task: Task) -> None:
         spec = {
             "user": task.user, "priority": task.priority, "name": task.name, "route": task.route,
@@ -209,7 +272,7 @@ class SqliteStore(TaskStore):
             (task.seq, task.id, json.dumps(spec), task.state.value, task.attempts, small),
         )
         if small is None:
-            self._queue_packed("INSERT OR IGNORE INTO payloads (id, buffers) VALUES (?, ?)", task.id, task.buffers)
+            self._queue_blob("payloads", task.id, task.buffers)
 
     def _small(self, task_id: str, buffers: Sequence[Buffer]) -> bytes | None:
         """Small pickles go in the task's row; large ones in a side table (remembered here)."""
@@ -236,9 +299,7 @@ class SqliteStore(TaskStore):
              task.ended, task.seq),
         )
         if small is None:
-            self._queue_packed(
-                "INSERT OR REPLACE INTO results (id, buffers) VALUES (?, ?)", task.id, task.result_buffers
-            )
+            self._queue_blob("results", task.id, task.result_buffers)
 
     def collected(self, task: Task) -> None:
         self._queue("UPDATE tasks SET collected = ? WHERE seq = ?", (task.collected, task.seq))
@@ -250,15 +311,19 @@ class SqliteStore(TaskStore):
             self._large.discard(task_id)
             self._queue("DELETE FROM payloads WHERE id = ?", (task_id,))
             self._queue("DELETE FROM results WHERE id = ?", (task_id,))
+            for table in ("payloads", "results"):
+                self._pending.append((_UNLINK, (self._blob_path(table, task_id),)))
 
     def result_buffers(self, task_id: str) -> list[bytes]:
         self._wait_written()
         with self._lock:
             row = self._db.execute(
-                "SELECT COALESCE(r.buffers, t.result_buffers) FROM tasks t LEFT JOIN results r ON r.id = t.id "
-                "WHERE t.id = ?", (task_id,),
+                "SELECT r.id IS NOT NULL AND r.buffers IS NULL, COALESCE(r.buffers, t.result_buffers) "
+                "FROM tasks t LEFT JOIN results r ON r.id = t.id WHERE t.id = ?", (task_id,),
             ).fetchone()
-        return unpack_buffers(row[0]) if row else []
+        if row is None:
+            return []
+        return self._read_blob("results", task_id) if row[0] else unpack_buffers(row[1])
 
     def commit(self, durable: Callable[[], None] | None = None) -> None:
         """Small batches are written here and now; large ones (pickles) by the writer thread."""
@@ -302,16 +367,24 @@ class SqliteStore(TaskStore):
                 self._in_flight -= 1
 
     def _write(self, pending: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Files first, then one transaction, then the unlinks of forgotten tasks' files."""
         with self._lock:
+            for op, args in pending:
+                if op == _WRITE_FILE:
+                    _write_file(*args)
             cursor = self._db.cursor()
             cursor.execute("BEGIN")
             try:
-                for sql, rows in itertools.groupby(pending, key=lambda item: item[0]):
+                statements = (item for item in pending if item[0] not in (_WRITE_FILE, _UNLINK))
+                for sql, rows in itertools.groupby(statements, key=lambda item: item[0]):
                     cursor.executemany(sql, [_unpacked(args) for _, args in rows])
                 cursor.execute("COMMIT")
             except sqlite3.Error:
                 cursor.execute("ROLLBACK")
                 log.exception("LB - journal write failed; %d change(s) not journaled", len(pending))
+            for op, args in pending:
+                if op == _UNLINK:
+                    args[0].unlink(missing_ok=True)
 
     def load(self) -> Iterator[StoredTask]:
         self._wait_written()
@@ -322,15 +395,17 @@ class SqliteStore(TaskStore):
         functions = {
             fn: unpack_buffers(blob) for fn, blob in self._db.execute("SELECT fn, buffers FROM functions")
         }
+        self._drop_unused_files()
         rows = self._db.execute(
             "SELECT t.seq, t.id, t.spec, t.state, t.worker, t.attempts, "
             "CASE WHEN t.state IN ('queued', 'running') THEN COALESCE(p.buffers, t.buffers) END, t.result, "
             "COALESCE(r.buffers, t.result_buffers), t.ended, t.collected, "
-            "p.id IS NOT NULL OR r.id IS NOT NULL "
+            "p.id IS NOT NULL OR r.id IS NOT NULL, p.id IS NOT NULL AND p.buffers IS NULL, "
+            "r.id IS NOT NULL AND r.buffers IS NULL "
             "FROM tasks t LEFT JOIN payloads p ON p.id = t.id LEFT JOIN results r ON r.id = t.id ORDER BY t.seq"
         )
         for (seq, task_id, spec_json, state, worker, attempts, buffers, result, result_buffers, ended, collected,
-             large) in rows:
+             large, payload_file, result_file) in rows:
             if large:
                 self._large.add(task_id)
             spec = json.loads(spec_json)
@@ -341,14 +416,28 @@ class SqliteStore(TaskStore):
                 attempts=attempts, state=TaskState(state), submitted=spec["submitted"],
                 client=spec["client"].encode() if spec.get("client") else None, worker=worker,
             )
-            task.buffers = unpack_buffers(buffers)
+            active = not task.state.finished
+            task.buffers = self._read_blob("payloads", task_id) if payload_file and active else unpack_buffers(buffers)
             if task.state.finished:
                 task.result = json.loads(result) if result else {}
-                task.result_buffers = unpack_buffers(result_buffers)
+                task.result_buffers = (
+                    self._read_blob("results", task_id) if result_file else unpack_buffers(result_buffers)
+                )
                 task.ended = ended
                 task.collected = collected
                 task.progress = 100 if task.state is TaskState.DONE else None
             yield StoredTask(task, functions.get(task.fn, []) if task.fn else [])
+
+    def _drop_unused_files(self) -> None:
+        """Remove pickle files no row names (a crash between writing one and its commit)."""
+        named = {
+            self._blob_path(table, task_id).name
+            for table in ("payloads", "results")
+            for (task_id,) in self._db.execute(f"SELECT id FROM {table} WHERE buffers IS NULL")
+        }
+        for path in self.blobs.iterdir():
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.commit()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,10 @@ def crash(_: int) -> None:
 
 def double(x: int) -> int:
     return 2 * x
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_store_round_trip(tmp_path: Path) -> None:
@@ -62,6 +68,41 @@ def test_store_round_trip(tmp_path: Path) -> None:
         assert not path.exists() or oct(path.stat().st_mode & 0o777) == "0o600", name
 
 
+def test_large_pickles_are_journaled_in_files_that_go_with_their_task(tmp_path: Path) -> None:
+    big_args, big_result = os.urandom(300_000), os.urandom(200_000)
+    store = SqliteStore(tmp_path / "j.sqlite")
+    running = Task(id="../../etc/big", user="u", priority=0, name="f", route="f", seq=1,
+                   buffers=[b"head", big_args])
+    done = Task(id="t2", user="u", priority=0, name="f", route="f", seq=2, buffers=[big_args])
+    gone = Task(id="t3", user="u", priority=0, name="f", route="f", seq=3, buffers=[big_args])
+    for task in (running, done, gone):
+        store.submitted(task)
+    done.state, done.result_buffers, done.ended = TaskState.DONE, [big_result], 2.0
+    store.finished(done)
+    store.forget(gone)
+    written = threading.Event()
+    store.commit(written.set)  # a large batch: the writer thread writes it
+    assert written.wait(20)
+    files = sorted(store.blobs.iterdir())
+    assert len(files) == 3, "two payloads and a result, the forgotten task's payload unlinked"
+    assert all(f.parent == store.blobs and oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+    assert oct(store.blobs.stat().st_mode & 0o777) == "0o700"
+    assert store.result_buffers("t2") == [big_result]
+    store.close()
+    (store.blobs / "payloads-left-by-a-crash").write_bytes(b"x")
+    reopened = SqliteStore(tmp_path / "j.sqlite")
+    loaded = {s.task.id: s.task for s in reopened.load()}
+    assert loaded["../../etc/big"].buffers == [b"head", big_args]
+    assert loaded["t2"].result_buffers == [big_result] and set(loaded) == {"../../etc/big", "t2"}
+    assert len(list(reopened.blobs.iterdir())) == 3, "a file no row names is removed at load"
+    reopened.forget(loaded["t2"])
+    written.clear()
+    reopened.commit(written.set)
+    assert written.wait(20)
+    assert len(list(reopened.blobs.iterdir())) == 1
+    reopened.close()
+
+
 def test_balancer_killed_and_restarted_loses_nothing(balancer_process, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -74,10 +115,13 @@ def test_balancer_killed_and_restarted_loses_nothing(balancer_process, tmp_path:
             assert finished.result(timeout=20) == 42
             slow = [client.submit(record_run, str(runs), i, 1.5) for i in range(2)]
             queued = [client.submit(record_run, str(runs), i, 0.0) for i in range(2, 8)]
+            large = os.urandom(300_000)  # journaled in a file of its own
+            digest = client.submit(sha256_hex, large)
             wait_for(lambda: all((runs / str(i)).exists() for i in range(2)), what="the slow tasks to start")
             lb.kill()
             lb.start()
             assert sorted(f.result(timeout=40) for f in slow + queued) == list(range(8))
+            assert digest.result(timeout=40) == hashlib.sha256(large).hexdigest()
             for i in range(8):
                 assert len((runs / str(i)).read_text().split()) == 1, f"task {i} ran more than once"
             after = client.submit(double, 5)
