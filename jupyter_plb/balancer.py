@@ -20,7 +20,7 @@ import os
 import socket as stdsocket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
 from .store import MemoryStore, SqliteStore, TaskStore
-from .tasks import Task, TaskState
+from .tasks import KeptTask, Task, TaskState
 from .worker import FUNCTION_CACHE_SIZE
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,19 @@ def function_digest(digests: list[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()[:32]
 
 
+#: Results waiting for their batch to be durable, by client: (info, buffers, digests).
+_Results = dict[bytes, list[tuple[dict[str, Any], Sequence[Buffer], Sequence[bytes]]]]
+
+
+def _retained(buffers: Sequence[Buffer]) -> tuple[Buffer, ...]:
+    """Result buffers to keep until collected: small ones as bytes, so that the thousands of
+    finished tasks a fast map leaves behind add no objects for the garbage collector to visit
+    (a memoryview of a received frame is one; bytes are not)."""
+    return tuple(
+        bytes(buf) if protocol.buffer_size(buf) < protocol.ZERO_COPY_THRESHOLD else buf for buf in buffers
+    )
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -108,7 +121,8 @@ class Balancer:
             prefetch=self.params["LB_PREFETCH"],
             max_queued=self.params["LB_MAX_QUEUED"],
         )
-        self.tasks: dict[str, Task] = {}
+        #: Every task it knows; those whose result was collected in their compact, kept form.
+        self.tasks: dict[str, Task | KeptTask] = {}
         self.hubs: dict[str, Hub] = {}
         self.functions: dict[str, StoredFunction] = {}
         self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
@@ -119,7 +133,7 @@ class Balancer:
         self.info: connection.ConnectionInfo | None = None
         self.connection_path: Path | None = None
         self._events: list[dict[str, Any]] = []
-        self._client_out: dict[bytes, list[tuple[dict[str, Any], list[Buffer], list[bytes]]]] = {}
+        self._client_out: _Results = {}
         self._retention: collections.deque[tuple[float, str]] = collections.deque()
         self._finished: collections.deque[tuple[float, str]] = collections.deque()
         self._unschedulable: dict[str, str] = {}
@@ -293,7 +307,7 @@ class Balancer:
             self._context = None
             raise
 
-    def _owned(self, task_id: Any) -> Task | None:
+    def _owned(self, task_id: Any) -> Task | KeptTask | None:
         """The task, if the sending client may see it: with Curve, only its certificate's user's."""
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is not None and self.sender is not None and task.user != self.sender:
@@ -475,7 +489,7 @@ class Balancer:
                 if task is None:
                     unknown.append(task_id)
                 else:
-                    task.client = msg.identity
+                    task = self._set_client(task, msg.identity)
                     if task.state.finished:
                         self._queue_result(task)
             if unknown:
@@ -526,7 +540,7 @@ class Balancer:
                     rejected[task.id] = "this task id is already in use; submit with a new id"
                     continue
                 accepted.append(task.id)
-                self.tasks[task.id].client = msg.identity
+                self._set_client(self.tasks[task.id], msg.identity)
                 continue
             if task.fn is not None and task.fn not in self.functions:
                 rejected[task.id] = "the task's function was not sent with it; resubmit"
@@ -536,7 +550,7 @@ class Balancer:
             except PlbError as exc:
                 rejected[task.id] = str(exc)
                 continue
-            task.buffers, task.digests = buffers, digests
+            task.buffers, task.digests = tuple(buffers), tuple(digests)
             if task.fn is not None:
                 self.functions[task.fn].refs += 1
             self.tasks[task.id] = task
@@ -1122,8 +1136,8 @@ class Balancer:
         task.ended = now
         task.progress = 100 if state is TaskState.DONE else None
         task.result = result
-        task.result_buffers = buffers or []
-        task.result_digests = digests or []
+        task.result_buffers = _retained(buffers or ())
+        task.result_digests = tuple(digests or ())
         task.result_size = sum(protocol.buffer_size(b) for b in task.result_buffers)
         self._result_bytes += task.result_size
         self._in_memory.append(task.id)
@@ -1147,10 +1161,10 @@ class Balancer:
             stored.refs -= 1
             if stored.refs <= 0:
                 del self.functions[task.fn]
-        task.buffers = []
-        task.digests = []
+        task.buffers = ()
+        task.digests = ()
 
-    def _queue_result(self, task: Task) -> None:
+    def _queue_result(self, task: Task | KeptTask) -> None:
         if task.client is None:
             return
         info: dict[str, Any] = {
@@ -1164,43 +1178,39 @@ class Balancer:
         self._client_out.setdefault(task.client, []).append((info, buffers, digests))
 
     def _commit(self) -> None:
-        """Hand this batch's journal writes over; "submitted" replies leave once they are durable."""
+        """Hand this batch's journal writes over; "submitted" replies and results leave once the
+        batch is durable, so a result a client holds is never run again after a crash."""
         replies, self._after_commit = self._after_commit, []
-        self.store.commit(functools.partial(self._durable, replies) if replies else None)
+        results, self._client_out = self._client_out, {}
+        durable = functools.partial(self._durable, replies, results) if replies or results else None
+        self.store.commit(durable)
 
-    def _durable(self, replies: list[tuple[bytes, dict[str, Any]]]) -> None:
+    def _durable(self, replies: list[tuple[bytes, dict[str, Any]]], results: _Results) -> None:
         """Called by the store when a batch is durable, from its writer thread or this loop."""
         if self._loop is None or self._loop.is_closed():
             return
         if threading.get_ident() == self._loop_thread:
-            self._send_replies(replies)
+            self._send_replies(replies, results)
         else:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._send_replies, replies)
+                self._loop.call_soon_threadsafe(self._send_replies, replies, results)
 
-    def _send_replies(self, replies: list[tuple[bytes, dict[str, Any]]]) -> None:
-        """One message per client: its replies of a batch travel together ("replies")."""
+    def _send_replies(self, replies: list[tuple[bytes, dict[str, Any]]], results: _Results) -> None:
+        """One message per client for its replies of a batch ("replies"), one for its results."""
         grouped: dict[bytes, list[dict[str, Any]]] = {}
         for identity, header in replies:
             grouped.setdefault(identity, []).append(header)
         for identity, headers in grouped.items():
             header = headers[0] if len(headers) == 1 else {"type": "replies", "replies": headers}
             self._send("clients", identity, header)
+        for client, items in results.items():
+            header = {"type": "results", "results": [info for info, _, _ in items]}
+            buffers = [b for _, bufs, _ in items for b in bufs]
+            digests = [d for _, _, digs in items for d in digs]
+            self._send("clients", client, header, buffers, digests)
 
     def _flush(self) -> None:
-        """Send the results and task events the pump produced.
-
-        Results leave before the journal commit that records them (it follows at once): a crash in
-        between re-runs a task whose result its client already has, rather than delaying every
-        result by a commit.
-        """
-        if self._client_out:
-            outgoing, self._client_out = self._client_out, {}
-            for client, items in outgoing.items():
-                header = {"type": "results", "results": [info for info, _, _ in items]}
-                buffers = [b for _, bufs, _ in items for b in bufs]
-                digests = [d for _, _, digs in items for d in digs]
-                self._send("clients", client, header, buffers, digests)
+        """Hand the task events the pump produced to the subscribers (the monitor)."""
         if self._events:
             events, self._events = self._events, []
             for callback in list(self.subscribers):
@@ -1214,20 +1224,31 @@ class Balancer:
         if self.subscribers:
             self._events.append(task.summary())
 
-    def _collected(self, task: Task, now: float) -> None:
-        if task.collected is None:
+    def _collected(self, task: Task | KeptTask, now: float) -> None:
+        """A result reached its client: the task is kept, compact, until its retention ends."""
+        if isinstance(task, Task) and task.collected is None:
             task.collected = now
             self.store.collected(task)
             self._retention.append((now + self.params["LB_RESULT_RETENTION"], task.id))
+            self.tasks[task.id] = KeptTask.of(task)
 
-    def _forget(self, task: Task) -> None:
+    def _set_client(self, task: Task | KeptTask, client: bytes | None) -> Task | KeptTask:
+        """Results of ``task`` now go to ``client`` (a client that reconnected or resubmitted)."""
+        if isinstance(task, KeptTask):
+            task = self.tasks[task.id] = task._replace(client=client)
+        else:
+            task.client = client
+        return task
+
+    def _forget(self, task: Task | KeptTask) -> None:
         self.tasks.pop(task.id, None)
         self.store.forget(task)
         if not task.result_offloaded:
             self._result_bytes -= task.result_size
-        task.result_buffers = []
-        task.result_digests = []
-        task.result_size = 0
+        if isinstance(task, Task):
+            task.result_buffers = ()
+            task.result_digests = ()
+            task.result_size = 0
 
     def _enforce_memory_budget(self) -> None:
         """Past LB_RESULT_MEMORY, the oldest results leave memory: to the journal, else dropped."""
@@ -1238,8 +1259,11 @@ class Balancer:
                 continue
             if self.store.durable:
                 self._result_bytes -= task.result_size
-                task.result_buffers, task.result_digests = [], []
-                task.result_offloaded = True
+                if isinstance(task, KeptTask):
+                    self.tasks[task.id] = task._replace(result_buffers=(), result_digests=(), result_offloaded=True)
+                else:
+                    task.result_buffers, task.result_digests = (), ()
+                    task.result_offloaded = True
             else:
                 log.warning(
                     "LB - result of %s dropped: results held exceed LB_RESULT_MEMORY (%d bytes); "
@@ -1247,7 +1271,7 @@ class Balancer:
                 )
                 self._forget(task)
 
-    def _result_frames(self, task: Task) -> tuple[list[Buffer], list[bytes]]:
+    def _result_frames(self, task: Task | KeptTask) -> tuple[Sequence[Buffer], Sequence[bytes]]:
         """A finished task's result buffers, read back from the journal when they left memory."""
         if task.result_offloaded:
             buffers: list[Buffer] = list(self.store.result_buffers(task.id))

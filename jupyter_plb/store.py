@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import Buffer, buffer_size, buffer_view
-from .tasks import Task, TaskState
+from .tasks import KeptTask, Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class TaskStore:
     def collected(self, task: Task) -> None:
         """A task's result was collected at ``task.collected``."""
 
-    def forget(self, task: Task) -> None:
+    def forget(self, task: Task | KeptTask) -> None:
         """Drop a task and its result."""
 
     def result_buffers(self, task_id: str) -> list[bytes]:
@@ -304,7 +304,7 @@ class SqliteStore(TaskStore):
     def collected(self, task: Task) -> None:
         self._queue("UPDATE tasks SET collected = ? WHERE seq = ?", (task.collected, task.seq))
 
-    def forget(self, task: Task) -> None:
+    def forget(self, task: Task | KeptTask) -> None:
         task_id = task.id
         self._queue("DELETE FROM tasks WHERE seq = ?", (task.seq,))
         if task_id in self._large:

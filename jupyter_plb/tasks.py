@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .protocol import Buffer
 
@@ -38,8 +40,8 @@ class Task:
     client: bytes | None = None
     fn: str | None = None
     payload: Any = None
-    buffers: list[Buffer] = field(default_factory=list)
-    digests: list[bytes] = field(default_factory=list)
+    buffers: Sequence[Buffer] = ()
+    digests: Sequence[bytes] = ()
     timeout: float | None = None
     retries: int = 0
     chunk: bool = False
@@ -53,8 +55,8 @@ class Task:
     hub: str | None = None
     reason: str | None = None
     result: dict[str, Any] | None = None
-    result_buffers: list[Buffer] = field(default_factory=list)
-    result_digests: list[bytes] = field(default_factory=list)
+    result_buffers: Sequence[Buffer] = ()
+    result_digests: Sequence[bytes] = ()
     result_size: int = 0
     result_offloaded: bool = False
     collected: float | None = None
@@ -82,3 +84,61 @@ class Task:
             "error": error,
             "reason": self.reason,
         }
+
+
+class KeptTask(NamedTuple):
+    """A finished task whose result was collected, kept for its retention (``LB_RESULT_RETENTION``).
+
+    A tuple of plain values (its small result buffers as bytes), so Python's garbage collector
+    stops visiting it after one pass: a fast map leaves hundreds of thousands of these, and as
+    ``Task`` objects each full collection would walk them all (100 ms and more inside the Jupyter
+    server). It reads like a ``Task``; change it with ``_replace``.
+    """
+
+    id: str
+    user: str
+    priority: float
+    name: str
+    route: str | None
+    seq: int
+    client: bytes | None
+    fn: str | None
+    state_value: str
+    progress: int | None
+    submitted: float
+    started: float | None
+    ended: float | None
+    worker: str | None
+    hub: str | None
+    attempts: int
+    result_json: str | None
+    result_buffers: tuple[Any, ...]
+    result_digests: tuple[bytes, ...]
+    result_size: int
+    result_offloaded: bool
+    collected: float | None
+
+    @classmethod
+    def of(cls, task: Task) -> KeptTask:
+        return cls(
+            task.id, task.user, task.priority, task.name, task.route, task.seq, task.client, task.fn,
+            task.state.value, task.progress, task.submitted, task.started, task.ended, task.worker,
+            task.hub, task.attempts, json.dumps(task.result) if task.result else None,
+            tuple(task.result_buffers), tuple(task.result_digests), task.result_size,
+            task.result_offloaded, task.collected,
+        )
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self.state_value)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return json.loads(self.result_json) if self.result_json else {}
+
+    @property
+    def reason(self) -> None:
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return Task.summary(self)  # type: ignore[arg-type]
