@@ -9,6 +9,7 @@ balancer through ``$PLB_CONNECTION_FILE``.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Dict, Int, Unicode, default, validate
+from traitlets import Bool, Dict, Int, Unicode, default, validate
 
 from . import connection
 from .balancer import Balancer
@@ -66,6 +67,14 @@ class PlbExtension(ExtensionApp):
         Default: plb-connection.json in the Jupyter runtime dir (plb-connection-2.json… when
         another running server's balancer owns it). Exported to kernels as
         $PLB_CONNECTION_FILE; `plb hub --connect <file>` on another machine joins with a copy.""",
+    )
+    freeze_startup_objects = Bool(
+        True,
+        config=True,
+        help="""Once the balancer runs, move the objects the server made while starting (hundreds of
+        thousands: parsers, schemas, modules) out of the garbage collector's reach (gc.freeze).
+        Tasks flowing at thousands per second make Python run full collections often; each would
+        otherwise walk all of them and stall the server for 50-150 ms.""",
     )
     local_workers = Int(
         config=True,
@@ -122,6 +131,9 @@ class PlbExtension(ExtensionApp):
         """Bind the balancer, start the health check and the local hub on the server's loop."""
         await self.balancer.start()
         self.healthcheck.start()
+        if self.freeze_startup_objects:
+            gc.collect()
+            gc.freeze()
         if self.local_workers:
             await self.monitor.local_hub.start()
         self.log.info(
