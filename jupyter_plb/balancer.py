@@ -33,7 +33,7 @@ from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
 from .store import MemoryStore, SqliteStore, TaskStore
-from .tasks import KeptTask, Task, TaskState
+from .tasks import KeptTask, Task, TaskState, TaskTable
 from .worker import FUNCTION_CACHE_SIZE
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Balancer:
             max_queued=self.params["LB_MAX_QUEUED"],
         )
         #: Every task it knows; those whose result was collected in their compact, kept form.
-        self.tasks: dict[str, Task | KeptTask] = {}
+        self.tasks = TaskTable()
         self.hubs: dict[str, Hub] = {}
         self.functions: dict[str, StoredFunction] = {}
         self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
@@ -1486,8 +1486,8 @@ class Balancer:
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
         matches = [
-            t for t in reversed(self.tasks.values())
-            if (state is None or t.state.value == state)
+            t for t in self.tasks.reversed_values()
+            if (state is None or t.state_value == state)
             and (user is None or t.user == user)
             and (name is None or t.name == name)
         ]

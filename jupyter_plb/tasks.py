@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -62,6 +62,10 @@ class Task:
     collected: float | None = None
     queue_mark: int = 0
 
+    @property
+    def state_value(self) -> str:
+        return self.state.value
+
     def summary(self) -> dict[str, Any]:
         """The JSON shape the monitor API and the clients' status replies use."""
         error = None
@@ -89,10 +93,8 @@ class Task:
 class KeptTask(NamedTuple):
     """A finished task whose result was collected, kept for its retention (``LB_RESULT_RETENTION``).
 
-    A tuple of plain values (its small result buffers as bytes), so Python's garbage collector
-    stops visiting it after one pass: a fast map leaves hundreds of thousands of these, and as
-    ``Task`` objects each full collection would walk them all (100 ms and more inside the Jupyter
-    server). It reads like a ``Task``; change it with ``_replace``.
+    It reads like a ``Task``; change it with ``_replace``. A :class:`TaskTable` stores it as a
+    plain tuple of plain values (small result buffers as bytes).
     """
 
     id: str
@@ -142,3 +144,34 @@ class KeptTask(NamedTuple):
 
     def summary(self) -> dict[str, Any]:
         return Task.summary(self)  # type: ignore[arg-type]
+
+
+class TaskTable(dict[str, Any]):
+    """The balancer's tasks by id: ``Task`` objects, and collected ones kept as plain tuples.
+
+    CPython's garbage collector stops visiting an exact tuple of plain values after one pass (a
+    tuple subclass such as ``KeptTask`` it visits forever). A fast map leaves hundreds of thousands
+    of collected tasks for their retention; as objects, every full collection would walk them all,
+    100 ms and more inside the Jupyter server. Reads hand them out as ``KeptTask``.
+    """
+
+    def __setitem__(self, task_id: str, task: Task | KeptTask) -> None:
+        super().__setitem__(task_id, tuple(task) if isinstance(task, KeptTask) else task)
+
+    def __getitem__(self, task_id: str) -> Task | KeptTask:
+        return _read(super().__getitem__(task_id))
+
+    def get(self, task_id: str, default: Any = None) -> Any:  # type: ignore[override]
+        found = super().get(task_id, default)
+        return _read(found) if found is not default else default
+
+    def values(self) -> Iterator[Task | KeptTask]:  # type: ignore[override]
+        return (_read(task) for task in super().values())
+
+    def reversed_values(self) -> Iterator[Task | KeptTask]:
+        """Newest first."""
+        return (self[task_id] for task_id in reversed(self))
+
+
+def _read(stored: Any) -> Any:
+    return KeptTask._make(stored) if type(stored) is tuple else stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from jupyter_plb import report_progress
 from jupyter_plb.client import Client, PlbFuture, as_completed
 from jupyter_plb.errors import QueueFull, RemoteTraceback, TaskTimeout, WorkerLost
 from jupyter_plb.launch import stop_process
+from jupyter_plb.tasks import KeptTask, TaskState
 
 from .conftest import wait_for, worker_count
 
@@ -303,3 +305,19 @@ def test_healthcheck_warns_while_there_are_no_workers(cluster, caplog: pytest.Lo
     )
     start_hub(1)
     wait_for(lambda: cluster.balancer.snapshot()["health"]["status"] == "ok", what="health ok")
+
+
+def test_collected_tasks_are_kept_as_plain_tuples_the_gc_skips(cluster, ready_client: Client) -> None:
+    futures = [ready_client.submit(abs, -i) for i in range(20)]
+    assert [f.result(timeout=20) for f in futures] == list(range(20))
+    tasks = cluster.balancer.tasks
+    wait_for(lambda: all(isinstance(tasks.get(f.task_id), KeptTask) for f in futures), what="the acks")
+    stored = dict.get(tasks, futures[3].task_id)
+    assert type(stored) is tuple
+    gc.collect()
+    gc.collect()  # a tuple holding a tuple is let go one collection after the inner one
+    assert not gc.is_tracked(stored), "a kept task adds nothing for the garbage collector to visit"
+    kept = tasks[futures[3].task_id]
+    assert kept.state is TaskState.DONE and kept.summary()["state"] == "done"
+    assert ready_client.getTask(futures[3].task_id)["progress"] == 100
+    assert ready_client.tasks(state="done")["total"] >= 20
