@@ -60,6 +60,12 @@ class Stats:
             entry = self.per_user[user] = {"done": 0, "failed": 0, "cancelled": 0}
         return entry
 
+    def _name(self, name: str) -> NameStats:
+        entry = self.per_name.get(name)
+        if entry is None:
+            entry = self.per_name[name] = NameStats()
+        return entry
+
     def _bucket(self, now: float) -> dict[str, Any]:
         second = float(int(now))
         if self._second is None or self._second["t"] != second:
@@ -75,14 +81,14 @@ class Stats:
 
     def dispatched(self, task: Task, now: float) -> None:
         wait = max(0.0, now - task.submitted)
-        entry = self.per_name.setdefault(task.name, NameStats())
+        entry = self._name(task.name)
         entry.waits += 1
         entry.wait_total += wait
         entry.wait_max = max(entry.wait_max, wait)
 
     def ran(self, task: Task, started: float, ended: float) -> None:
         run = max(0.0, ended - started)
-        entry = self.per_name.setdefault(task.name, NameStats())
+        entry = self._name(task.name)
         entry.run_total += run
         entry.run_min = min(entry.run_min, run)
         entry.run_max = max(entry.run_max, run)
@@ -97,7 +103,7 @@ class Stats:
         self._user(task.user)[state] += 1
         if task.state is TaskState.CANCELLED:
             return
-        entry = self.per_name.setdefault(task.name, NameStats())
+        entry = self._name(task.name)
         entry.count += 1
         bucket = self._bucket(now)
         if task.state is TaskState.FAILED:
