@@ -68,27 +68,6 @@ class TaskStore:
 
     durable = False
 
-    def _queue_blob(self, table: str, task_id: str, buffers: Sequence[Buffer]) -> None:
-        """A task's large pickles: a row of ``table``, and a file when they are very large."""
-        verb = "INSERT OR IGNORE" if table == "payloads" else "INSERT OR REPLACE"
-        if sum(buffer_size(b) for b in buffers) < FILE_BLOB:
-            self._queue_packed(f"{verb} INTO {table} (id, buffers) VALUES (?, ?)", task_id, buffers)
-            return
-        packed = _Packed(buffers)
-        self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
-        self._pending.append((_WRITE_FILE, (self._blob_path(table, task_id), packed)))
-        self._queue(f"{verb} INTO {table} (id, buffers) VALUES (?, NULL)", (task_id,))
-
-    def _blob_path(self, table: str, task_id: str) -> Path:
-        return self.blobs / f"{table}-{hashlib.sha256(task_id.encode()).hexdigest()[:40]}"
-
-    def _read_blob(self, table: str, task_id: str) -> list[bytes]:
-        try:
-            return unpack_buffers(self._blob_path(table, task_id).read_bytes())
-        except OSError as exc:
-            log.warning("LB - journal: the %s of task %s is gone (%s)", table[:-1], task_id, exc)
-            return []
-
     def submitted(self, task: Task) -> None:
         """A task was accepted (with its argument buffers)."""
 

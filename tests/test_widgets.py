@@ -227,7 +227,9 @@ def test_dashboard_shows_hubs_workers_users_and_throughput(plb: Client, dashboar
     plb.submit(nap, 0).result(30)
     wait_for(lambda: "tester" in "".join(widget_texts(dashboard.users)), what="the user row")
     assert "worker_" in dashboard.hubs.value and "any" in dashboard.hubs.value
-    assert "tasks/s" in dashboard.header.value and "<svg" in dashboard.header.value
+    # the throughput sparkline needs a whole second of history: a fresh balancer may have none
+    wait_for(lambda: "<svg" in dashboard.header.value, what="the throughput sparkline")
+    assert "tasks/s" in dashboard.header.value
     assert dashboard.workers.max == 2
 
 
