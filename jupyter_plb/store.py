@@ -37,9 +37,17 @@ def pack_buffers(buffers: Sequence[Buffer]) -> bytes:
         view = buffer_view(buffers[0])
         if isinstance(view, bytes) or (view.format == "B" and view.ndim == 1):
             return _ONE.pack(1, len(view)) + view
-    views = [memoryview(buffer_view(b)).cast("B") for b in buffers]
-    head = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
-    return head + b"".join(views)
+    views = _views(buffers)
+    return _layout(views) + b"".join(views)
+
+
+def _views(buffers: Sequence[Buffer]) -> list[memoryview]:
+    return [memoryview(buffer_view(b)).cast("B") for b in buffers]
+
+
+def _layout(views: Sequence[memoryview]) -> bytes:
+    """What precedes the bytes in a packed blob: the count, then each length."""
+    return struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
 
 
 def unpack_buffers(blob: bytes | None) -> list[bytes]:
@@ -152,12 +160,11 @@ class _Packed:
 
 def _write_file(path: Path, packed: _Packed) -> None:
     """``packed``'s buffers in the layout of :func:`pack_buffers`, mode 0600, replaced atomically."""
-    views = [memoryview(buffer_view(b)).cast("B") for b in packed.buffers]
+    views = _views(packed.buffers)
     partial = path.with_name(path.name + ".partial")
     with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-        out.write(struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views)))
-        for view in views:
-            out.write(view)
+        out.write(_layout(views))
+        out.writelines(views)
     os.replace(partial, path)
 
 
@@ -220,12 +227,12 @@ class SqliteStore(TaskStore):
     def _queue_blob(self, table: str, task_id: str, buffers: Sequence[Buffer]) -> None:
         """A task's large pickles: a row of ``table``, and a file when they are very large."""
         verb = "INSERT OR IGNORE" if table == "payloads" else "INSERT OR REPLACE"
-        if sum(buffer_size(b) for b in buffers) < FILE_BLOB:
+        size = sum(buffer_size(b) for b in buffers)
+        if size < FILE_BLOB:
             self._queue_packed(f"{verb} INTO {table} (id, buffers) VALUES (?, ?)", task_id, buffers)
             return
-        packed = _Packed(buffers)
-        self._pending_bytes += sum(buffer_size(b) for b in packed.buffers)
-        self._pending.append((_WRITE_FILE, (self._blob_path(table, task_id), packed)))
+        self._pending_bytes += size
+        self._pending.append((_WRITE_FILE, (self._blob_path(table, task_id), _Packed(buffers))))
         self._queue(f"{verb} INTO {table} (id, buffers) VALUES (?, NULL)", (task_id,))
 
     def _blob_path(self, table: str, task_id: str) -> Path:

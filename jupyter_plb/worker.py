@@ -459,9 +459,9 @@ class _Worker:
 
     def _serve(self, wake: zmq.Poller) -> None:
         """Own the socket while the main thread runs long tasks: flush, receive, repeat."""
-        for registered in (self.socket, self.config.control_fd):
-            if registered is self.socket or registered >= 0:
-                wake.register(registered, zmq.POLLIN)
+        wake.register(self.socket, zmq.POLLIN)
+        if self.config.control_fd >= 0:
+            wake.register(self.config.control_fd, zmq.POLLIN)
         try:
             while self.io_active:
                 self.flush()
