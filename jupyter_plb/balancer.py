@@ -111,7 +111,7 @@ class Balancer:
         connection_file: str | Path | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self.params = params if isinstance(params, dict) else parameters.load(params)
+        self.params = parameters.load(params)
         if connection_file is not None:
             self.params = {**self.params, "LB_CONNECTION_FILE": str(connection_file)}
         self.id = protocol.new_id("lb")
@@ -1050,7 +1050,9 @@ class Balancer:
     def _dispatch(self, idle_only: bool = False) -> None:
         """Hand queued tasks to free slots (only to idle ones while a socket is being drained:
         prefetched tasks wait for the end of the pump, so each slot gets them in one message)."""
-        assignments = self.scheduler.dispatch(idle_only)
+        for slot, task in self.scheduler.take_back():
+            self._send("workers", slot.id.encode(), {"type": "skip", "id": task.id, "reply": True})
+        assignments = self.scheduler.dispatch(idle_only, self._prefetchable)
         self._slots_full = self.scheduler.queued_count > 0
         if self._went_idle:
             if not self.scheduler.queued_count:
@@ -1074,6 +1076,10 @@ class Balancer:
             self._event(task)
         for slot_id, (_slot, tasks) in by_slot.items():
             self._send_tasks(slot_id, tasks)
+
+    def _prefetchable(self, task: Task) -> bool:
+        """A task may wait behind another on a slot only when tasks of its name are known short."""
+        return self.stats.runs_shorter_than(task.name, PREFETCH_BELOW)
 
     def _steal_for_idle_slots(self) -> None:
         """Nothing is queued but a slot went idle: ask a busy worker to hand back a waiting task."""

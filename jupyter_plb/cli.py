@@ -31,8 +31,6 @@ def cmd_start(args: argparse.Namespace) -> int:
     cluster = startAll(params, monitor=not args.no_monitor, connection_file=args.connection_file)
     print(f"balancer {cluster.balancer.id} running; connection file: {cluster.connection_file}")
     print(f"start hubs elsewhere with: plb hub --connect {cluster.connection_file}")
-    if cluster.monitor_url:
-        print(f"monitor: {cluster.monitor_url}")
     if args.workers:
         cluster.start_hub(args.workers)
     sys.stdout.flush()
@@ -80,8 +78,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with startAll(params, connection_file=runtime) as cluster:
         print(f"balancer {cluster.balancer.id} started; connection file {cluster.connection_file}")
-        if cluster.monitor_url:
-            print(f"monitor: {cluster.monitor_url}")
         cluster.start_hub(args.workers, name="demo-hub")
         with Client(connection_file=cluster.connection_file) as client:
             first = client.submit(_square, 3).result(timeout=60)

@@ -906,7 +906,7 @@ class Client(_Submitter):
         retries: int = 0,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        loaded = params if isinstance(params, dict) else parameters.load(params)
+        loaded = parameters.load(params)
         if connection_file is not None:
             info = connection.read(connection_file)
         elif params is not None:

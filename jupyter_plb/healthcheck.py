@@ -53,7 +53,7 @@ class HealthCheck:
         *,
         connection_file: str | Path | None = None,
     ) -> None:
-        self.params = params if isinstance(params, dict) else parameters.load(params)
+        self.params = parameters.load(params)
         self._connection_file = connection_file
         self.status = "unknown"
         self.messages: list[str] = []

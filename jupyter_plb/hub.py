@@ -116,7 +116,7 @@ class WorkerHub:
             raise PlbError("memory_limit must be >= 0 bytes (0: no limit)")
         if grace is not None and grace < 0:
             raise PlbError("grace must be >= 0 seconds")
-        self.params = params if isinstance(params, dict) else parameters.load(params)
+        self.params = parameters.load(params)
         self._explicit_params = params is not None
         self._connection_file = connection_file
         self.groups = groups_for(workers, self.params)

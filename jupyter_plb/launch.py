@@ -17,6 +17,7 @@ from typing import Any
 from . import parameters
 from .balancer import Balancer
 from .connection import ConnectionInfo
+from .console import show_on_console
 from .healthcheck import HealthCheck
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class LocalCluster:
         healthcheck: bool = True,
         connection_file: str | Path | None = None,
     ) -> None:
-        self.params = params if isinstance(params, dict) else parameters.load(params)
+        self.params = parameters.load(params)
         self.balancer = Balancer(self.params, connection_file=connection_file)
         self.healthcheck = HealthCheck(self.params, connection_file=connection_file) if healthcheck else None
         self.with_monitor = monitor
@@ -174,5 +175,9 @@ def startAll(
     monitor: bool = True,
     connection_file: str | Path | None = None,
 ) -> LocalCluster:
-    """Seed API: start the Load Balancer, the Health Check and the Monitor; return their handle."""
+    """Seed API: start the Load Balancer, the Health Check and the Monitor; return their handle.
+
+    A script that configured no logging sees the balancer's lines on its console, as with the seed.
+    """
+    show_on_console()
     return LocalCluster(params, monitor=monitor, connection_file=connection_file).start()

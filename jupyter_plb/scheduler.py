@@ -5,6 +5,13 @@ within ``min_p ≤ p ≤ max_p``, and a route the slot's hub offers when the tas
 with the fewest tasks on slots; ties go to the user served least recently, then that user's oldest
 fitting task.
 
+Fairness holds when a task starts, prefetch or not. A slot's first task is the one it runs; the
+ones behind it are *provisional* (prefetched to hide a round trip). A slot takes provisional tasks
+only while one user alone has queued tasks it could run (then the order above cannot pick anyone
+else) and only tasks the balancer knows to be short; as soon as another user's task could run
+there, ``take_back`` names the provisional tasks to revoke, and the balancer asks the worker to
+hand back those it has not started.
+
 Queued tasks live in one queue per (user, class), a class being a (priority, route) pair: a deque
 that submits append to (sequence numbers only grow), plus a heap, by sequence number, of requeued
 tasks older than that deque's tail. Each queue keeps its oldest live task as its head, and dispatch
@@ -18,8 +25,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -50,6 +57,8 @@ class Slot:
     capacity: int = 1
     accepting: bool = True
     assigned: OrderedDict[str, Task] = field(default_factory=OrderedDict)
+    #: The user whose provisional tasks wait behind the running one, or None when there are none.
+    provisional_user: str | None = None
 
     @property
     def signature(self) -> tuple[float, float, frozenset[str]]:
@@ -131,6 +140,10 @@ class Scheduler:
         self._class_queues: dict[ClassKey, dict[str, _Queue]] = {}
         self._fit_cache: dict[tuple[float, float, frozenset[str]], list[ClassKey]] = {}
         self._queued = 0
+        self._provisional: dict[str, Slot] = {}
+        self._provisional_users: Counter[str] = Counter()
+        self._recheck_provisional = False
+        self._revoked: set[str] = set()
         self._requeues = itertools.count()
         self._serve_counter = 0
         self._seq = 0
@@ -189,14 +202,17 @@ class Scheduler:
         return slot
 
     def set_prefetch(self, slot_id: str, short_tasks: bool) -> None:
-        """Let a slot hold ``prefetch`` tasks beyond the running one for short tasks, one for long.
+        """Let a slot hold ``prefetch`` provisional tasks while its tasks are short, none otherwise.
 
-        One waiting task hides the round trip between two long tasks; idle slots steal it back
-        at the end of a batch (``stealable``), so it never leaves a slot idle.
+        A task waiting behind a long one could wait for a whole task length while the fairness
+        order changes; behind short tasks, its round trip is what prefetch saves.
         """
         slot = self.slots.get(slot_id)
-        if slot is not None:
-            slot.capacity = 1 + (self.prefetch if short_tasks else min(1, self.prefetch))
+        if slot is None:
+            return
+        slot.capacity = 1 + self.prefetch if short_tasks else 1
+        if slot.provisional_user is not None and slot.capacity == 1:
+            self._recheck_provisional = True
 
     def remove_slot(self, slot_id: str) -> list[Task]:
         """Forget a slot; return the tasks it held (running first), no longer counted as running."""
@@ -206,7 +222,9 @@ class Scheduler:
         tasks = list(slot.assigned.values())
         for task in tasks:
             self._users[task.user].running -= 1
+            self._revoked.discard(task.id)
         slot.assigned.clear()
+        self._end_provisional(slot)
         return tasks
 
     def slot_of(self, slot_id: str) -> Slot | None:
@@ -252,6 +270,9 @@ class Scheduler:
         if mark == _LIVE:
             return
         task.queue_mark = _LIVE
+        provisional = self._provisional_users
+        if provisional and (len(provisional) > 1 or task.user not in provisional):
+            self._recheck_provisional = True
         user = self._users.get(task.user)
         if user is None:
             user = self._users[task.user] = _User(task.user)
@@ -312,21 +333,32 @@ class Scheduler:
             self._fit_cache[slot.signature] = fitting
         return fitting
 
-    def _pick(self, slot: Slot) -> _Queue | None:
-        """The queue whose head the slot should take next."""
+    def _pick(self, slot: Slot) -> tuple[_Queue | None, bool]:
+        """The queue whose head the slot should take next, and whether it is the only user's."""
         best: _Queue | None = None
         best_key: tuple[int, int, int] | None = None
+        first: _User | None = None
+        alone = True
         for class_key in self._fitting(slot):
             for queue in self._class_queues[class_key].values():
                 user = queue.user
+                if first is None:
+                    first = user
+                elif user is not first:
+                    alone = False
                 key = (user.running, user.last_served, queue.head.seq)
                 if best_key is None or key < best_key:
                     best, best_key = queue, key
-        return best
+        return best, alone
 
-    def dispatch(self, idle_only: bool = False) -> list[tuple[Slot, Task]]:
-        """Fill free slot credit; idle slots first, then prefetch (unless ``idle_only``).
+    def dispatch(
+        self, idle_only: bool = False, may_prefetch: Callable[[Task], bool] | None = None
+    ) -> list[tuple[Slot, Task]]:
+        """Fill free slot credit: idle slots first, then provisional tasks (unless ``idle_only``).
 
+        A provisional task goes to a slot only when its user is the only one with queued tasks
+        the slot could run, and ``may_prefetch`` (the balancer's "known to be short") accepts it
+        (without ``may_prefetch``, any task may be provisional).
         Returns the assignments made.
         """
         if not self._queued:
@@ -342,13 +374,76 @@ class Scheduler:
             for slot in open_slots:
                 if len(slot.assigned) > depth or depth >= slot.capacity:
                     continue
-                queue = self._pick(slot)
+                queue, alone = self._pick(slot)
                 if queue is None:
+                    continue
+                if slot.assigned and not self._may_wait_on(slot, queue, alone, may_prefetch):
                     continue
                 assignments.append((slot, self._assign(slot, queue)))
                 if not self._queued:
                     return assignments
         return assignments
+
+    def _may_wait_on(
+        self, slot: Slot, queue: _Queue, alone: bool, may_prefetch: Callable[[Task], bool] | None
+    ) -> bool:
+        """May the head of ``queue`` wait, provisional, behind the tasks ``slot`` holds?
+
+        Only while its user is the only one waiting anywhere: alone in the queues the slot could
+        serve, with no other user's provisional tasks on any slot and no revocation in flight
+        (a task being handed back is still waiting for its start).
+        """
+        if not alone or self._revoked:
+            return False
+        holders = self._provisional_users
+        if holders and (len(holders) > 1 or queue.user.name not in holders):
+            return False
+        if may_prefetch is not None and not may_prefetch(queue.head):
+            return False
+        if slot.provisional_user is None:
+            slot.provisional_user = queue.user.name
+            self._provisional[slot.id] = slot
+            holders[slot.provisional_user] += 1
+        return True
+
+    def take_back(self) -> list[tuple[Slot, Task]]:
+        """Provisional tasks to revoke: another user now has a queued task their slot could run,
+        or the slot stopped taking provisional tasks.
+
+        They stay on their slot, counted as running, until the worker hands them back
+        (``release``) or reports them, if it had started one already.
+        """
+        if not self._recheck_provisional:
+            return []
+        self._recheck_provisional = False
+        revoked: list[tuple[Slot, Task]] = []
+        for slot in list(self._provisional.values()):
+            if slot.capacity > 1 and not self._others_queued(slot, slot.provisional_user):
+                continue
+            revoked.extend((slot, task) for task in list(slot.assigned.values())[1:])
+            self._end_provisional(slot)
+        self._revoked.update(task.id for _, task in revoked)
+        return revoked
+
+    def _others_queued(self, slot: Slot, user: str | None) -> bool:
+        """Does a user other than ``user`` have a queued task ``slot`` could run?"""
+        for class_key in self._fitting(slot):
+            queues = self._class_queues[class_key]
+            if len(queues) > 1 or user not in queues:
+                return True
+        return False
+
+    def _end_provisional(self, slot: Slot) -> None:
+        user = slot.provisional_user
+        if user is None:
+            return
+        slot.provisional_user = None
+        del self._provisional[slot.id]
+        left = self._provisional_users[user] - 1
+        if left:
+            self._provisional_users[user] = left
+        else:
+            del self._provisional_users[user]
 
     def _assign(self, slot: Slot, queue: _Queue) -> Task:
         """Move the head of ``queue`` onto ``slot``."""
@@ -394,4 +489,8 @@ class Scheduler:
         task = slot.assigned.pop(task_id, None)
         if task is not None:
             self._users[task.user].running -= 1
+            if self._revoked:
+                self._revoked.discard(task_id)
+            if len(slot.assigned) <= 1:
+                self._end_provisional(slot)
         return task

@@ -122,6 +122,11 @@ class Stats:
         entry = self.per_name.get(name)
         return entry is not None and entry.count >= SHORT_AFTER and entry.run_total < SHORT_RUN * entry.count
 
+    def runs_shorter_than(self, name: str, seconds: float) -> bool:
+        """Tasks of this name have run at least twice, under ``seconds`` on average."""
+        entry = self.per_name.get(name)
+        return entry is not None and entry.count >= 2 and entry.run_total < seconds * entry.count
+
     def roll(self, now: float, queued: int) -> None:
         self._bucket(now)["queued"] = queued
 

@@ -36,6 +36,7 @@ def kill_self() -> None:
 
 
 def wait_for_gate(gate: str, value: int) -> int:
+    Path(f"{gate}.started-{value}").touch()
     while not os.path.exists(gate):
         time.sleep(0.01)
     return value
@@ -43,11 +44,6 @@ def wait_for_gate(gate: str, value: int) -> int:
 
 def hub_states(client: Client) -> dict[str, str]:
     return {h["name"]: h["state"] for h in client.status()["hubs"]}
-
-
-def running_on(client: Client, name: str) -> int:
-    hubs = [h for h in client.status()["hubs"] if h["name"] == name]
-    return sum(w["task"] is not None for h in hubs for w in h["workers"])
 
 
 @pytest.fixture
@@ -116,7 +112,7 @@ def test_sigterm_drains_running_tasks_then_exits_0(
     hub = hub_process("--workers", "2", "--grace", "30", name="leaving")
     wait_for(lambda: worker_count(client) == 2, what="2 workers to register")
     slow = [client.submit(wait_for_gate, gate, i) for i in range(2)]
-    wait_for(lambda: running_on(client, "leaving") == 2, what="both workers to be busy")
+    wait_for(lambda: all(Path(f"{gate}.started-{i}").exists() for i in range(2)), what="both workers to be busy")
     queued = [client.submit(whoami, i) for i in range(6)]
     hub.send_signal(signal.SIGTERM)
     wait_for(lambda: hub_states(client).get("leaving") == "draining", what="the hub to drain")
@@ -143,7 +139,7 @@ def test_grace_period_over_hands_running_tasks_back(
     hub = hub_process("--workers", "1", "--grace", "0.5", name="short-grace")
     wait_for(lambda: worker_count(client) == 1, what="the worker to register")
     stuck = client.submit(wait_for_gate, gate, 7)
-    wait_for(lambda: running_on(client, "short-grace") == 1, what="the task to start")
+    wait_for(lambda: Path(f"{gate}.started-7").exists(), what="the task to start")
     hub.send_signal(signal.SIGTERM)
     assert hub.wait(20) == 0
     assert not stuck.done(), "handed back, not failed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jupyter_plb.errors import QueueFull, TaskRejected
-from jupyter_plb.scheduler import _COMPACT_SLACK, Scheduler
+from jupyter_plb.scheduler import _COMPACT_SLACK, Scheduler, Slot
 from jupyter_plb.tasks import Task
 
 ANY = frozenset()
@@ -265,17 +265,79 @@ def test_cancelled_entries_are_compacted_when_they_outnumber_live_ones() -> None
 
 
 def test_queued_tasks_iterate_in_sequence_order_across_users_and_classes() -> None:
-    s = Scheduler(max_queued_per_user=0, prefetch=1)
+    s = Scheduler(max_queued_per_user=0)
     s.add_slot("w1", "hub", 0, 10, ANY)
-    s.set_prefetch("w1", True)
+    s.add_slot("w2", "hub", 0, 10, ANY)
     for i, (user, priority, route) in enumerate(
         [("bob", 1, None), ("alice", 0, None), ("bob", 0, "HELLO"), ("alice", 1, None), ("bob", 1, None)]
     ):
         s.submit(task(f"t{i}", user, priority, route))
     assert [t.id for _, t in s.dispatch()] == ["t0", "t1"]
     assert queued_ids(s) == ["t2", "t3", "t4"]
-    for t in s.remove_slot("w1"):
-        s.requeue(t)
+    for slot_id in ("w1", "w2"):
+        for t in s.remove_slot(slot_id):
+            s.requeue(t)
     assert queued_ids(s) == ["t0", "t1", "t2", "t3", "t4"]
     assert queued_ids(s, "bob") == ["t0", "t2", "t4"]
     assert queued_ids(s, "nobody") == []
+
+
+def held(s: Scheduler, slot_id: str) -> list[str]:
+    slot = s.slot_of(slot_id)
+    assert slot is not None
+    return list(slot.assigned)
+
+
+def hand_back(s: Scheduler, revoked: list[tuple[Slot, Task]]) -> None:
+    """What the balancer does when the worker answers "skipped": free the credit, queue again."""
+    for slot, t in revoked:
+        s.release(slot.id, t.id)
+        s.requeue(t)
+
+
+def test_provisional_tasks_are_taken_back_when_another_user_arrives() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=4)
+    for slot_id in ("w1", "w2"):
+        s.add_slot(slot_id, "hub", 0, 10, ANY)
+        s.set_prefetch(slot_id, True)
+    a = [task(f"A{i}", "alice") for i in range(6)]
+    for t in a:
+        s.submit(t)
+    s.dispatch()
+    assert held(s, "w1") == ["A0", "A2", "A4"] and held(s, "w2") == ["A1", "A3", "A5"], "alice alone: prefetch"
+    assert s.take_back() == [], "nothing changed"
+    s.submit(task("B0", "bob"))
+    s.submit(task("B1", "bob"))
+    revoked = s.take_back()
+    assert sorted(t.id for _, t in revoked) == ["A2", "A3", "A4", "A5"]
+    assert s.dispatch() == [], "no provisional task while revocations are in flight"
+    hand_back(s, revoked)
+    assert s.dispatch() == [], "two users wait: no provisional task for either"
+    starts = []
+    for finished, slot_id in [("A0", "w1"), ("A1", "w2"), ("B0", "w1"), ("A2", "w2"), ("B1", "w1")]:
+        s.release(slot_id, finished)
+        starts += [t.id for _, t in s.dispatch()]
+    assert starts[:4] == ["B0", "A2", "B1", "A3"], "fewest running first, then least recently served"
+    assert "A4" in starts[4:], "bob has nothing queued: alice prefetches again"
+
+
+def test_a_slot_leaving_the_short_task_regime_gives_back_its_provisional_tasks() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=2)
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    s.set_prefetch("w1", True)
+    for i in range(4):
+        s.submit(task(f"A{i}", "alice"))
+    s.dispatch()
+    assert held(s, "w1") == ["A0", "A1", "A2"]
+    s.set_prefetch("w1", False)
+    assert [t.id for _, t in s.take_back()] == ["A1", "A2"]
+
+
+def test_only_tasks_the_balancer_knows_short_wait_behind_another() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=2)
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    s.set_prefetch("w1", True)
+    for i in range(3):
+        s.submit(task(f"A{i}", "alice"))
+    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: False)] == ["A0"]
+    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: True)] == ["A1", "A2"]

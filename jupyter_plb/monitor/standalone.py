@@ -166,7 +166,7 @@ class StandaloneMonitor:
         )
         self._server = HTTPServer(app)
         self._server.add_sockets(sockets)
-        log.info("MONITOR - serving %s", self.url.split("?")[0])
+        log.info("MONITOR - open %s in a web browser", self.url)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -1,0 +1,42 @@
+"""The seed's console: the balancer's lines on the terminal of a script that set up no logging.
+
+pyLoadBalancer printed ``LB - ADDING WORKER (…)``, ``HC - WARNING : LB HAS NO WORKERS.`` and the
+monitor's address on its console. :func:`show_on_console` gives ``startAll()`` the same, and stands
+aside as soon as the program configures logging itself (a handler on the root logger), so that no
+line shows twice. Inside Jupyter the lines go to the server's
+log, as every extension's do.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+PACKAGE_LOGGER = "jupyter_plb"
+
+
+def _logging_configured() -> bool:
+    return bool(logging.getLogger().handlers)
+
+
+class _SeedConsole(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints records as the seed did, only while nobody configured logging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _logging_configured() and bool(super().filter(record))
+
+
+def show_on_console() -> None:
+    """Print jupyter_plb's INFO lines on standard output unless logging is (or gets) configured.
+
+    The ``jupyter_plb`` logger is set to INFO when it has no level: a program that wants other
+    levels configures logging before ``startAll()``.
+    """
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    if _logging_configured() or any(isinstance(h, _SeedConsole) for h in logger.handlers):
+        return
+    handler = _SeedConsole(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
