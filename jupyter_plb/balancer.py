@@ -382,6 +382,7 @@ class Balancer:
                 if frames is None:
                     break
                 self._handle(role, frames, handler)
+                self._take_back()
                 if not self._slots_full and self.scheduler.queued_count:
                     self._dispatch(idle_only=True)
                 if time.perf_counter() > deadline:
@@ -834,6 +835,7 @@ class Balancer:
             following = next(iter(slot.assigned.values()))
             if following.started is None:
                 following.started = now
+                self.scheduler.started(following)
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is None or task.state.finished:
             return
@@ -1050,9 +1052,8 @@ class Balancer:
     def _dispatch(self, idle_only: bool = False) -> None:
         """Hand queued tasks to free slots (only to idle ones while a socket is being drained:
         prefetched tasks wait for the end of the pump, so each slot gets them in one message)."""
-        for slot, task in self.scheduler.take_back():
-            self._send("workers", slot.id.encode(), {"type": "skip", "id": task.id, "reply": True})
         assignments = self.scheduler.dispatch(idle_only, self._prefetchable)
+        self._take_back()
         self._slots_full = self.scheduler.queued_count > 0
         if self._went_idle:
             if not self.scheduler.queued_count:
@@ -1077,8 +1078,14 @@ class Balancer:
         for slot_id, (_slot, tasks) in by_slot.items():
             self._send_tasks(slot_id, tasks)
 
+    def _take_back(self) -> None:
+        """Ask workers to hand back the provisional tasks the scheduler revokes, at once: before
+        any reply to a later message, so no task starts that the fairness order no longer names."""
+        for slot, task in self.scheduler.take_back():
+            self._send("workers", slot.id.encode(), {"type": "skip", "id": task.id, "reply": True})
+
     def _prefetchable(self, task: Task) -> bool:
-        """A task may wait behind another on a slot only when tasks of its name are known short."""
+        """More than one task may wait behind a running one only when their kind is known short."""
         return self.stats.runs_shorter_than(task.name, PREFETCH_BELOW)
 
     def _steal_for_idle_slots(self) -> None:

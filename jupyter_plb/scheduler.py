@@ -6,9 +6,9 @@ with the fewest tasks on slots; ties go to the user served least recently, then 
 fitting task.
 
 Fairness holds when a task starts, prefetch or not. A slot's first task is the one it runs; the
-ones behind it are *provisional* (prefetched to hide a round trip). A slot takes provisional tasks
-only while one user alone has queued tasks it could run (then the order above cannot pick anyone
-else) and only tasks the balancer knows to be short; as soon as another user's task could run
+ones behind it are *provisional* (prefetched to hide a round trip: one, or up to ``prefetch`` of a
+kind the balancer knows to be short). A slot takes provisional tasks only while one user alone is
+waiting (then the order above cannot pick anyone else); as soon as another user's task could run
 there, ``take_back`` names the provisional tasks to revoke, and the balancer asks the worker to
 hand back those it has not started.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Slot:
     assigned: OrderedDict[str, Task] = field(default_factory=OrderedDict)
     #: The user whose provisional tasks wait behind the running one, or None when there are none.
     provisional_user: str | None = None
+    #: An idle slot waits for this older provisional task to come back from another slot.
+    awaiting: str | None = None
 
     @property
     def signature(self) -> tuple[float, float, frozenset[str]]:
@@ -123,6 +126,12 @@ class _Queue:
         self.requeued = requeued
 
 
+def _running_since(slot: Slot) -> float:
+    """When the slot's running task started (the balancer's clock); just assigned: last."""
+    started = next(iter(slot.assigned.values())).started
+    return math.inf if started is None else started
+
+
 def _describe_ranges(signatures: set[tuple[float, float, frozenset[str]]]) -> str:
     ranges = sorted({(lo, hi) for lo, hi, _ in signatures})
     return ", ".join(f"{lo:g}–{hi:g}" for lo, hi in ranges) or "none"
@@ -144,6 +153,8 @@ class Scheduler:
         self._provisional_users: Counter[str] = Counter()
         self._recheck_provisional = False
         self._revoked: set[str] = set()
+        self._recalls: list[tuple[Slot, Task]] = []
+        self._awaited: dict[str, Slot] = {}
         self._requeues = itertools.count()
         self._serve_counter = 0
         self._seq = 0
@@ -202,16 +213,16 @@ class Scheduler:
         return slot
 
     def set_prefetch(self, slot_id: str, short_tasks: bool) -> None:
-        """Let a slot hold ``prefetch`` provisional tasks while its tasks are short, none otherwise.
+        """Let a slot hold ``prefetch`` provisional tasks while its tasks are short, one otherwise.
 
-        A task waiting behind a long one could wait for a whole task length while the fairness
-        order changes; behind short tasks, its round trip is what prefetch saves.
+        One waiting task hides the round trip between two long tasks; idle slots steal it back
+        at the end of a batch (``stealable``), so it never leaves a slot idle.
         """
         slot = self.slots.get(slot_id)
         if slot is None:
             return
-        slot.capacity = 1 + self.prefetch if short_tasks else 1
-        if slot.provisional_user is not None and slot.capacity == 1:
+        slot.capacity = 1 + (self.prefetch if short_tasks else min(1, self.prefetch))
+        if slot.provisional_user is not None and len(slot.assigned) > slot.capacity:
             self._recheck_provisional = True
 
     def remove_slot(self, slot_id: str) -> list[Task]:
@@ -270,6 +281,8 @@ class Scheduler:
         if mark == _LIVE:
             return
         task.queue_mark = _LIVE
+        if self._awaited:
+            self._stop_awaiting(task.id)
         provisional = self._provisional_users
         if provisional and (len(provisional) > 1 or task.user not in provisional):
             self._recheck_provisional = True
@@ -356,9 +369,11 @@ class Scheduler:
     ) -> list[tuple[Slot, Task]]:
         """Fill free slot credit: idle slots first, then provisional tasks (unless ``idle_only``).
 
-        A provisional task goes to a slot only when its user is the only one with queued tasks
-        the slot could run, and ``may_prefetch`` (the balancer's "known to be short") accepts it
-        (without ``may_prefetch``, any task may be provisional).
+        A provisional task goes to a slot only when its user is the only one waiting; beyond the
+        first one behind the running task, only tasks ``may_prefetch`` accepts (the balancer's
+        "known to be short"; without ``may_prefetch``, any task). The first provisional tasks go
+        to the slots whose running task started first (the ones expected to free up first), so
+        that one user's tasks start in the order they were submitted.
         Returns the assignments made.
         """
         if not self._queued:
@@ -371,13 +386,22 @@ class Scheduler:
             return []
         assignments: list[tuple[Slot, Task]] = []
         for depth in range(1 if idle_only else max(slot.capacity for slot in open_slots)):
+            if depth == 1:
+                open_slots = [s for s in open_slots if len(s.assigned) > 1] + sorted(
+                    (s for s in open_slots if len(s.assigned) == 1), key=_running_since
+                )
             for slot in open_slots:
                 if len(slot.assigned) > depth or depth >= slot.capacity:
+                    continue
+                if slot.awaiting is not None:
                     continue
                 queue, alone = self._pick(slot)
                 if queue is None:
                     continue
-                if slot.assigned and not self._may_wait_on(slot, queue, alone, may_prefetch):
+                if slot.assigned:
+                    if not self._may_wait_on(slot, queue, alone, may_prefetch):
+                        continue
+                elif self._provisional and self._recall_older(slot, queue):
                     continue
                 assignments.append((slot, self._assign(slot, queue)))
                 if not self._queued:
@@ -398,7 +422,7 @@ class Scheduler:
         holders = self._provisional_users
         if holders and (len(holders) > 1 or queue.user.name not in holders):
             return False
-        if may_prefetch is not None and not may_prefetch(queue.head):
+        if len(slot.assigned) > 1 and may_prefetch is not None and not may_prefetch(queue.head):
             return False
         if slot.provisional_user is None:
             slot.provisional_user = queue.user.name
@@ -406,22 +430,62 @@ class Scheduler:
             holders[slot.provisional_user] += 1
         return True
 
+    def _recall_older(self, idle: Slot, queue: _Queue) -> bool:
+        """An idle slot would start the head of ``queue`` while an older task of the same user
+        waits, provisional, behind a busy slot: call that one back for the idle slot instead."""
+        head = queue.head
+        older: tuple[Slot, Task] | None = None
+        for slot in self._provisional.values():
+            if slot.provisional_user != queue.user.name:
+                continue
+            for task in itertools.islice(slot.assigned.values(), 1, None):
+                if task.id in self._revoked:
+                    continue
+                if (
+                    task.seq < head.seq
+                    and idle.accepts((task.priority, task.route))
+                    and (older is None or task.seq < older[1].seq)
+                ):
+                    older = (slot, task)
+                break
+        if older is None:
+            return False
+        idle.awaiting = older[1].id
+        self._awaited[older[1].id] = idle
+        self._revoked.add(older[1].id)
+        self._recalls.append(older)
+        return True
+
+    def _stop_awaiting(self, task_id: str) -> None:
+        slot = self._awaited.pop(task_id, None)
+        if slot is not None:
+            slot.awaiting = None
+
+    def started(self, task: Task) -> None:
+        """The worker started ``task`` (it was provisional): a take-back of it came too late."""
+        if self._revoked:
+            self._revoked.discard(task.id)
+            self._stop_awaiting(task.id)
+
     def take_back(self) -> list[tuple[Slot, Task]]:
-        """Provisional tasks to revoke: another user now has a queued task their slot could run,
-        or the slot stopped taking provisional tasks.
+        """Provisional tasks to revoke: all of a slot's when another user now has a queued task
+        the slot could run, those beyond its capacity when its tasks stopped being short, and
+        those an idle slot calls back because they are older than what it would start.
 
         They stay on their slot, counted as running, until the worker hands them back
         (``release``) or reports them, if it had started one already.
         """
+        revoked, self._recalls = self._recalls, []
         if not self._recheck_provisional:
-            return []
+            return revoked
         self._recheck_provisional = False
-        revoked: list[tuple[Slot, Task]] = []
         for slot in list(self._provisional.values()):
-            if slot.capacity > 1 and not self._others_queued(slot, slot.provisional_user):
-                continue
-            revoked.extend((slot, task) for task in list(slot.assigned.values())[1:])
-            self._end_provisional(slot)
+            held = list(slot.assigned.values())
+            if self._others_queued(slot, slot.provisional_user):
+                revoked.extend((slot, task) for task in held[1:])
+                self._end_provisional(slot)
+            else:
+                revoked.extend((slot, task) for task in held[slot.capacity:])
         self._revoked.update(task.id for _, task in revoked)
         return revoked
 

@@ -330,14 +330,14 @@ def test_a_slot_leaving_the_short_task_regime_gives_back_its_provisional_tasks()
     s.dispatch()
     assert held(s, "w1") == ["A0", "A1", "A2"]
     s.set_prefetch("w1", False)
-    assert [t.id for _, t in s.take_back()] == ["A1", "A2"]
+    assert [t.id for _, t in s.take_back()] == ["A2"], "behind a long task, one may wait"
 
 
-def test_only_tasks_the_balancer_knows_short_wait_behind_another() -> None:
+def test_only_tasks_the_balancer_knows_short_wait_deeper_than_one() -> None:
     s = Scheduler(max_queued_per_user=0, prefetch=2)
     s.add_slot("w1", "hub", 0, 10, ANY)
     s.set_prefetch("w1", True)
     for i in range(3):
         s.submit(task(f"A{i}", "alice"))
-    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: False)] == ["A0"]
-    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: True)] == ["A1", "A2"]
+    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: False)] == ["A0", "A1"], "one may wait"
+    assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: True)] == ["A2"]
