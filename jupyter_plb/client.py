@@ -7,6 +7,7 @@ the results the balancer pushes, and resolves futures. Nothing polls the balance
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -31,6 +32,7 @@ import zmq
 from . import connection, parameters, protocol, security, sockets
 from .errors import (
     BalancerUnreachable,
+    ClientClosed,
     DeserializationError,
     PlbError,
     QueueFull,
@@ -185,8 +187,22 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
     return exc
 
 
+#: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
+_open_connections: set[_Connection] = set()
+
+
+@atexit.register
+def _close_open_connections() -> None:
+    for conn in list(_open_connections):
+        conn.close()
+
+
 class _Connection:
-    """The socket, its I/O thread and the bookkeeping of tasks in flight. Shared by views."""
+    """The socket, its I/O thread and the bookkeeping of tasks in flight.
+
+    Shared by the handles that submit through it (a ``Client`` and its views) and by its pending
+    futures: it stays open while a handle lives or a future is pending, as an executor does.
+    """
 
     def __init__(self, info: connection.ConnectionInfo, params: parameters.Parameters) -> None:
         self.info = info
@@ -205,6 +221,11 @@ class _Connection:
         self.max_queued_per_user = 0
         self.result_retention = 60.0
         self.closed = False
+        #: The I/O thread ends after this turn and releases the sockets (nothing holds the connection).
+        self._stopping = False
+        self._handles: set[int] = set()
+        self._handle_keys = itertools.count()
+        self._release_lock = threading.Lock()
         self._acks: list[str] = []
         self.unacked: dict[str, tuple[dict[str, Any], list[Buffer]]] = {}
         self._last_heard = time.monotonic()
@@ -223,6 +244,30 @@ class _Connection:
         self._flush_due = 0.0
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
+        _open_connections.add(self)
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def adopt(self, handle: object) -> None:
+        """Keep this connection open while ``handle`` (a Client or one of its views) lives."""
+        key = next(self._handle_keys)
+        self._handles.add(key)
+        weakref.finalize(handle, self._let_go, key).atexit = False
+
+    def _let_go(self, key: int) -> None:
+        """A handle is gone: with none left and nothing in flight, disconnect; with tasks in
+        flight, the I/O thread disconnects once the last of them settles."""
+        self._handles.discard(key)
+        if self.orphaned:
+            self.close()
+
+    @property
+    def orphaned(self) -> bool:
+        """No handle left and no task in flight: nothing can use this connection any more."""
+        return not self._handles and not self.futures and not self.unacked and not self.outbox
+
+    def check_open(self) -> None:
+        if self.closed or self._stopping:
+            raise ClientClosed("cannot schedule new futures after shutdown; create a new Client()")
 
     def _dealer(self, identity: str) -> zmq.Socket:
         url = self.info.client_url
@@ -235,8 +280,7 @@ class _Connection:
         User threads send on their own socket (``-tx``, under a lock) so a submit does not wait for
         the I/O thread to wake up; the balancer answers to ``reply_to``, the I/O thread's socket.
         """
-        if self.closed:
-            raise PlbError("this client is closed; create a new Client()")
+        self.check_open()
         if self.outbox and header["type"] != "submit":
             self.flush_submits()  # what follows may name tasks that are still waiting
         header["reply_to"] = self.id
@@ -364,7 +408,7 @@ class _Connection:
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
         try:
-            while not self.closed:
+            while not self._stopping:
                 events = dict(poller.poll(self._poll_timeout()))
                 if not events:
                     self._send_acks()
@@ -372,7 +416,6 @@ class _Connection:
                 if self._wake_pull in events:
                     if self._wake_pull.recv() == b"close":
                         self._send_acks()
-                        self.closed = True
                         break
                     self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
                 if self._flush_due and time.monotonic() >= self._flush_due:
@@ -380,12 +423,17 @@ class _Connection:
                     self.flush_submits()
                 if self.socket in events:
                     self._receive()
+                if self.orphaned:
+                    self._send_acks()
+                    self._stopping = True
         except zmq.ContextTerminated:
             pass
         except Exception:
             log.exception("plb client I/O thread failed")
         finally:
             self._fail_all(PlbError("the client was closed before the task finished"))
+            if self._stopping:
+                self._release()
 
     def _poll_timeout(self) -> int | None:
         if self._flush_due:
@@ -546,16 +594,28 @@ class _Connection:
             self.seed_results.pop(task_id, None)
 
     def close(self) -> None:
-        if self.closed:
+        """Disconnect: submits that wait are sent first; futures still pending fail."""
+        if threading.current_thread() is self._thread:
+            self._stopping = True  # the loop ends after this turn and releases the sockets
             return
-        self.flush_submits()
-        with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
-            self._wake.send(b"close")
+        if not self.closed and not self._stopping:
+            with contextlib.suppress(PlbError):
+                self.flush_submits()
+            with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
+                self._wake.send(b"close")
         self._thread.join(5)
-        self.closed = True
-        for sock in (self._wake, self._wake_pull, self._tx, self.socket):
-            sock.close(linger=0)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the sockets and the context, once, whichever thread ends the connection."""
+        with self._release_lock, self._outbox_lock, self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for sock in (self._wake, self._wake_pull, self._tx, self.socket):
+                sock.close(linger=0)
         self.context.term()
+        _open_connections.discard(self)
 
 
 class _Batch:
@@ -695,6 +755,7 @@ class _Submitter:
             raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be an integer >= 1")
+        self._connection.check_open()
         batch = _Batch(self, fn, zip(*iterables, strict=False), chunksize)
         batch.feed()
         return iter(batch)
@@ -852,6 +913,7 @@ class _Submitter:
         fn_buffers: list[Buffer],
     ) -> None:
         conn = self._connection
+        conn.check_open()
         for spec, _buffers, fut in tasks:
             conn.futures[spec["id"]] = fut
         conn.submit([(spec, buffers) for spec, buffers, _ in tasks], fn_id, fn_buffers)
@@ -885,6 +947,7 @@ class ClientView(_Submitter):
     def __init__(self, conn: _Connection, defaults: dict[str, Any]) -> None:
         self._connection = conn
         self._defaults = defaults
+        conn.adopt(self)
 
 
 class Client(_Submitter):
@@ -914,6 +977,7 @@ class Client(_Submitter):
         else:
             info = connection.read(connection.resolve_path(loaded))
         self._connection = _Connection(info, loaded)
+        self._connection.adopt(self)  # open while this client, a view of it or a pending future lives
         self._defaults = {"user": user or default_user(), "priority": priority, "timeout": timeout, "retries": retries}
         try:
             self._connection.hello(connect_timeout)
@@ -922,7 +986,6 @@ class Client(_Submitter):
             raise
         if user is None and self._connection.bound_user:
             self._defaults["user"] = self._connection.bound_user  # the certificate's user (Curve)
-        weakref.finalize(self, self._connection.close)
 
     @property
     def connection_info(self) -> connection.ConnectionInfo:

@@ -107,3 +107,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class ClientClosed(PlbError, RuntimeError):
+    """The client was shut down: it takes no more tasks (as an executor after ``shutdown()``)."""
