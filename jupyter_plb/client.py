@@ -37,6 +37,7 @@ from .errors import (
     PlbError,
     QueueFull,
     RemoteTraceback,
+    SerializationError,
     TaskFailed,
     TaskRejected,
     TaskTimeout,
@@ -60,6 +61,8 @@ ACK_DELAY_MS = 200
 #: Asking a waiting future for its result sends it at once.
 COALESCE_WINDOW = 0.0003
 COALESCE_DELAY = 0.001
+#: Task ids per state question (the balancer answers at most 10,000 at a time).
+GET_BATCH = 10_000
 #: While tasks are outstanding and the balancer has been silent this long, say hello again
 #: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
 PING_MS = 1000
@@ -163,6 +166,17 @@ class PlbFuture(concurrent.futures.Future):
         return future_html(self)
 
 
+def _unpickle(buffers: Sequence[Buffer]) -> Any:
+    """``protocol.loads``, where whatever the pickle raises (even SystemExit from an object's
+    ``__reduce__``) becomes a DeserializationError: the I/O thread must go on."""
+    try:
+        return protocol.loads(buffers)
+    except DeserializationError:
+        raise
+    except BaseException as exc:
+        raise DeserializationError(f"cannot unpickle: unpickling raised {type(exc).__name__}: {exc}") from exc
+
+
 def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseException:
     error = info.get("error") or {}
     kind = str(error.get("type", "Error"))
@@ -177,7 +191,7 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
         exc = TaskRejected(message)
     elif buffers:
         with contextlib.suppress(DeserializationError):
-            loaded = protocol.loads(buffers)
+            loaded = _unpickle(buffers)
             if isinstance(loaded, BaseException):
                 exc = loaded
     if exc is None:
@@ -402,6 +416,18 @@ class _Connection:
         msg = self.request({"type": "cancel", "ids": ids})
         return msg.header.get("results", {})
 
+    def cancel_queued(self, ids: list[str]) -> None:
+        """Cancel those of the tasks that no worker holds yet (running ones go on, as in an executor).
+
+        A task that starts between the question and the cancel is cancelled (its worker replaced).
+        """
+        for start in range(0, len(ids), GET_BATCH):
+            reply = self.request({"type": "get", "ids": ids[start : start + GET_BATCH]})
+            tasks = reply.header.get("tasks", {})
+            queued = [task_id for task_id, info in tasks.items() if info.get("state") == "queued"]
+            if queued:
+                self.cancel(queued)
+
     # -- the I/O thread --------------------------------------------------------------------------
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -550,7 +576,7 @@ class _Connection:
         entry = dict(info)
         if info.get("state") == "done":
             try:
-                entry["value"] = protocol.loads(buffers)
+                entry["value"] = _unpickle(buffers)
             except DeserializationError as exc:
                 entry["state"] = "failed"
                 entry["error"] = {"type": "DeserializationError", "message": str(exc)}
@@ -569,7 +595,7 @@ class _Connection:
         fut.stderr = info.get("stderr", "")
         if fut.state == "done":
             try:
-                value = protocol.loads(buffers)
+                value = _unpickle(buffers)
             except DeserializationError as exc:
                 fut.state = "failed"
                 fut.set_exception(exc)
@@ -638,7 +664,8 @@ class _Batch:
         self.claimed = 0
         self.settled = 0
         self._settled_counter = itertools.count(1)
-        self.futures: list[PlbFuture] = []
+        #: Futures queued and not yet handed out by the iteration (which keeps none it handed out).
+        self.futures: collections.deque[PlbFuture] = collections.deque()
         self.exhausted = False
         self._grew = threading.Condition()
 
@@ -683,27 +710,29 @@ class _Batch:
                     self.exhausted = True
                     break
                 payload = protocol.call_payload(chunk[0], {}) if self.chunksize == 1 else (chunk, {})
-                spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                try:
+                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                except SerializationError as exc:  # that chunk fails alone, when its turn comes
+                    self.futures.append(self.submitter._failed(self.name, exc))
+                    continue
                 if self.chunksize > 1:
                     spec["chunk"] = True
                 specs.append((spec, buffers, fut))
-            self.futures.extend(fut for _, _, fut in specs)
+                self.futures.append(fut)
             self._grew.notify_all()
         return specs
 
     def __iter__(self) -> Iterator[PlbFuture]:
-        """The futures in submission order, as they are queued."""
-        index = 0
+        """The futures in submission order, as they are queued; none is kept once handed out."""
         while True:
-            if index < len(self.futures):  # the list only grows: no lock needed to read it
-                yield self.futures[index]
-                index += 1
+            if self.futures:
+                yield self.futures.popleft()
                 continue
             if not self.exhausted:
                 self.feed()
             with self._grew:
-                self._grew.wait_for(lambda i=index: i < len(self.futures) or self.exhausted)
-                if index >= len(self.futures):
+                self._grew.wait_for(lambda: bool(self.futures) or self.exhausted)
+                if not self.futures:
                     return
 
 
@@ -718,8 +747,12 @@ class _Submitter:
         """Run ``fn(*args, **kwargs)`` on a worker; return its future."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
-        fn_buffers, fn_id = self._pickle_function(fn)
-        spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
+        self._connection.check_open()
+        try:
+            fn_buffers, fn_id = self._pickle_function(fn)
+            spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
+        except SerializationError as exc:  # as in an executor, the future carries the error
+            return self._failed(_function_name(fn), exc)
         self._send_tasks([(spec, buffers, fut)], fn_id, fn_buffers)
         return fut
 
@@ -735,13 +768,13 @@ class _Submitter:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
-            for fut in futures:
+            while (fut := next(futures, None)) is not None:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                value = fut.result(remaining)
-                if chunksize > 1:
-                    yield from value
-                else:
-                    yield value
+                values = list(fut.result(remaining)) if chunksize > 1 else [fut.result(remaining)]
+                del fut  # results are handed out, not kept (as Executor.map does)
+                values.reverse()
+                while values:
+                    yield values.pop()
 
         return results()
 
@@ -906,6 +939,14 @@ class _Submitter:
         }
         return spec, buffers, PlbFuture(self._connection, task_id, name)
 
+    def _failed(self, name: str, exc: BaseException) -> PlbFuture:
+        """A future that failed before its task could leave (its function or arguments do not pickle)."""
+        fut = PlbFuture(self._connection, protocol.new_id("t"), name)
+        fut.state = "failed"
+        fut.progress = None
+        fut.set_exception(exc)
+        return fut
+
     def _send_tasks(
         self,
         tasks: list[tuple[dict[str, Any], list[Buffer], PlbFuture]],
@@ -996,14 +1037,14 @@ class Client(_Submitter):
         return self._defaults["user"]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Like ``Executor.shutdown``: optionally cancel outstanding tasks, wait, then disconnect."""
+        """Like ``Executor.shutdown``: optionally cancel the tasks not started yet, wait, then disconnect."""
         conn = self._connection
         if conn.closed:
             return
         pending = [f for f in conn.futures.values() if not f.done()]
         if cancel_futures and pending:
             with contextlib.suppress(PlbError):
-                conn.cancel([f.task_id for f in pending])
+                conn.cancel_queued([f.task_id for f in pending])
         if wait:
             concurrent.futures.wait(pending)
         conn.close()
