@@ -50,13 +50,19 @@ def test_the_one_liner_in_a_fresh_interpreter(connection_file: Path, tmp_path: P
     assert done.stderr == ""
 
 
-def test_a_map_iterator_keeps_its_client(connection_file: Path) -> None:
-    results = Client(connection_file=connection_file).map(pow, range(30), [2] * 30)
+def map_unreferenced(connection_file: Path, chunksize: int) -> tuple[Iterator[int], str]:
+    """A map's results over a client nobody references any more, and the name of its I/O thread."""
+    client = Client(connection_file=connection_file)
+    return client.map(pow, range(30), [2] * 30, chunksize=chunksize), f"plb-{client._connection.id}"
+
+
+@pytest.mark.parametrize("chunksize", [1, 7])
+def test_a_map_iterator_keeps_its_client(connection_file: Path, chunksize: int) -> None:
+    results, thread = map_unreferenced(connection_file, chunksize)
     gc.collect()
     assert list(results) == [i * i for i in range(30)]
-    chunks = Client(connection_file=connection_file).map(pow, range(30), [2] * 30, chunksize=7)
-    gc.collect()
-    assert list(chunks) == [i * i for i in range(30)]
+    del results
+    wait_for(lambda: not io_thread_alive(thread), 10, "the client to close after its map")
 
 
 def test_as_completed_over_futures_of_an_unreferenced_client(connection_file: Path) -> None:
@@ -106,3 +112,22 @@ def test_interpreter_exit_closes_clients_cleanly(connection_file: Path, tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["submitted"]
     assert done.stderr == ""
+
+
+def test_a_submit_after_the_exit_closed_the_clients_is_refused(connection_file: Path, tmp_path: Path) -> None:
+    code = (
+        "import atexit, sys\n"
+        "@atexit.register\n"
+        "def run_last():\n"
+        "    try:\n"
+        "        client.submit(id, None)\n"
+        "    except RuntimeError:\n"
+        "        print('runtime-error')\n"
+        "        raise\n"
+        "from jupyter_plb import Client\n"
+        "client = Client(connection_file=sys.argv[1])\n"
+        "client.submit(id, 42).result(timeout=30)\n"
+    )
+    done = run_script(code, tmp_path, str(connection_file))
+    assert "ClientClosed: cannot schedule new futures after shutdown" in done.stderr
+    assert done.stdout.split() == ["runtime-error"]

@@ -53,7 +53,6 @@ SKIPPED: dict[str, str] = {
     "PlbInitializerTest.test_initializer": f"initializer/initargs: {_NO_POOL_OF_ITS_OWN}, so no client runs code "
     "at a worker's start",
     "PlbFailingInitializerTest.test_initializer": f"initializer/initargs and a broken pool: {_NO_POOL_OF_ITS_OWN}",
-    "PlbExecutorTest.test_max_workers_negative": f"max_workers: {_NO_POOL_OF_ITS_OWN}",
     "PlbProcessPoolExecutorTest.test_max_workers_negative": f"max_workers: {_NO_POOL_OF_ITS_OWN}",
     "PlbProcessPoolExecutorTest.test_killed_child": "kills one of ProcessPoolExecutor._processes and expects the "
     "whole pool to break (BrokenProcessPool); a hub replaces a killed worker and only that task fails, with "

@@ -724,9 +724,6 @@ class ExecutorTest:
             self.assertIsNone(wr())
 
 
-create_executor_tests(ExecutorTest)
-
-
 class ProcessPoolExecutorTest(ExecutorTest):
 
     @unittest.skipUnless(sys.platform=='win32', 'Windows-only process limit')
