@@ -281,7 +281,9 @@ class _Connection:
 
     def check_open(self) -> None:
         if self.closed or self._stopping:
-            raise ClientClosed("cannot schedule new futures after shutdown; create a new Client()")
+            raise ClientClosed(
+                "cannot schedule new futures after shutdown: this client is closed; create a new Client()"
+            )
 
     def _dealer(self, identity: str) -> zmq.Socket:
         url = self.info.client_url

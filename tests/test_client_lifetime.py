@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,12 @@ def nap(seconds: float) -> float:
 def connection_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with running_balancer(tmp_path_factory.mktemp("lifetime"), "lifetime-hub", workers=2) as path:
         yield path
+
+
+def wait_for_gate(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "open"
 
 
 def io_thread_alive(name: str) -> bool:
@@ -73,11 +80,17 @@ def test_as_completed_over_futures_of_an_unreferenced_client(connection_file: Pa
     assert [f.result() for f in futures] == [0.3, 0.1, 0.2, 0.1]  # settled futures outlive their client
 
 
-def test_pending_futures_keep_the_client_until_they_settle(connection_file: Path) -> None:
-    futures, thread = submit_unreferenced(connection_file, 0.5)
+def test_pending_futures_keep_the_client_until_they_settle(connection_file: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    client = Client(connection_file=connection_file)
+    future, thread = client.submit(wait_for_gate, str(gate)), f"plb-{client._connection.id}"
+    del client
     gc.collect()
-    assert io_thread_alive(thread) and not futures[0].done()
-    assert futures[0].result(timeout=30) == 0.5
+    try:
+        assert io_thread_alive(thread) and not future.done()
+    finally:
+        gate.touch()
+    assert future.result(timeout=30) == "open"
     wait_for(lambda: not io_thread_alive(thread), 10, "the client to close after its last future settled")
 
 
