@@ -7,6 +7,7 @@ the results the balancer pushes, and resolves futures. Nothing polls the balance
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -31,10 +32,12 @@ import zmq
 from . import connection, parameters, protocol, security, sockets
 from .errors import (
     BalancerUnreachable,
+    ClientClosed,
     DeserializationError,
     PlbError,
     QueueFull,
     RemoteTraceback,
+    SerializationError,
     TaskFailed,
     TaskRejected,
     TaskTimeout,
@@ -58,6 +61,8 @@ ACK_DELAY_MS = 200
 #: Asking a waiting future for its result sends it at once.
 COALESCE_WINDOW = 0.0003
 COALESCE_DELAY = 0.001
+#: Task ids per state question (the balancer answers at most 10,000 at a time).
+GET_BATCH = 10_000
 #: While tasks are outstanding and the balancer has been silent this long, say hello again
 #: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
 PING_MS = 1000
@@ -161,6 +166,17 @@ class PlbFuture(concurrent.futures.Future):
         return future_html(self)
 
 
+def _unpickle(buffers: Sequence[Buffer]) -> Any:
+    """``protocol.loads``, where whatever the pickle raises (even SystemExit from an object's
+    ``__reduce__``) becomes a DeserializationError: the I/O thread must go on."""
+    try:
+        return protocol.loads(buffers)
+    except DeserializationError:
+        raise
+    except BaseException as exc:
+        raise DeserializationError(f"cannot unpickle: unpickling raised {type(exc).__name__}: {exc}") from exc
+
+
 def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseException:
     error = info.get("error") or {}
     kind = str(error.get("type", "Error"))
@@ -175,7 +191,7 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
         exc = TaskRejected(message)
     elif buffers:
         with contextlib.suppress(DeserializationError):
-            loaded = protocol.loads(buffers)
+            loaded = _unpickle(buffers)
             if isinstance(loaded, BaseException):
                 exc = loaded
     if exc is None:
@@ -185,8 +201,22 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
     return exc
 
 
+#: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
+_open_connections: set[_Connection] = set()
+
+
+@atexit.register
+def _close_open_connections() -> None:
+    for conn in list(_open_connections):
+        conn.close()
+
+
 class _Connection:
-    """The socket, its I/O thread and the bookkeeping of tasks in flight. Shared by views."""
+    """The socket, its I/O thread and the bookkeeping of tasks in flight.
+
+    Shared by the handles that submit through it (a ``Client`` and its views) and by its pending
+    futures: it stays open while a handle lives or a future is pending, as an executor does.
+    """
 
     def __init__(self, info: connection.ConnectionInfo, params: parameters.Parameters) -> None:
         self.info = info
@@ -205,6 +235,11 @@ class _Connection:
         self.max_queued_per_user = 0
         self.result_retention = 60.0
         self.closed = False
+        #: The I/O thread ends after this turn and releases the sockets (nothing holds the connection).
+        self._stopping = False
+        self._handles: set[int] = set()
+        self._handle_keys = itertools.count()
+        self._release_lock = threading.Lock()
         self._acks: list[str] = []
         self.unacked: dict[str, tuple[dict[str, Any], list[Buffer]]] = {}
         self._last_heard = time.monotonic()
@@ -223,6 +258,32 @@ class _Connection:
         self._flush_due = 0.0
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
+        _open_connections.add(self)
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def adopt(self, handle: object) -> None:
+        """Keep this connection open while ``handle`` (a Client or one of its views) lives."""
+        key = next(self._handle_keys)
+        self._handles.add(key)
+        weakref.finalize(handle, self._let_go, key).atexit = False
+
+    def _let_go(self, key: int) -> None:
+        """A handle is gone: with none left and nothing in flight, disconnect; with tasks in
+        flight, the I/O thread disconnects once the last of them settles."""
+        self._handles.discard(key)
+        if self.orphaned:
+            self.close()
+
+    @property
+    def orphaned(self) -> bool:
+        """No handle left and no task in flight: nothing can use this connection any more."""
+        return not self._handles and not self.futures and not self.unacked and not self.outbox
+
+    def check_open(self) -> None:
+        if self.closed or self._stopping:
+            raise ClientClosed(
+                "cannot schedule new futures after shutdown: this client is closed; create a new Client()"
+            )
 
     def _dealer(self, identity: str) -> zmq.Socket:
         url = self.info.client_url
@@ -235,8 +296,7 @@ class _Connection:
         User threads send on their own socket (``-tx``, under a lock) so a submit does not wait for
         the I/O thread to wake up; the balancer answers to ``reply_to``, the I/O thread's socket.
         """
-        if self.closed:
-            raise PlbError("this client is closed; create a new Client()")
+        self.check_open()
         if self.outbox and header["type"] != "submit":
             self.flush_submits()  # what follows may name tasks that are still waiting
         header["reply_to"] = self.id
@@ -358,13 +418,25 @@ class _Connection:
         msg = self.request({"type": "cancel", "ids": ids})
         return msg.header.get("results", {})
 
+    def cancel_queued(self, ids: list[str]) -> None:
+        """Cancel those of the tasks that no worker holds yet (running ones go on, as in an executor).
+
+        A task that starts between the question and the cancel is cancelled (its worker replaced).
+        """
+        for start in range(0, len(ids), GET_BATCH):
+            reply = self.request({"type": "get", "ids": ids[start : start + GET_BATCH]})
+            tasks = reply.header.get("tasks", {})
+            queued = [task_id for task_id, info in tasks.items() if info.get("state") == "queued"]
+            if queued:
+                self.cancel(queued)
+
     # -- the I/O thread --------------------------------------------------------------------------
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
         try:
-            while not self.closed:
+            while not self._stopping:
                 events = dict(poller.poll(self._poll_timeout()))
                 if not events:
                     self._send_acks()
@@ -372,7 +444,6 @@ class _Connection:
                 if self._wake_pull in events:
                     if self._wake_pull.recv() == b"close":
                         self._send_acks()
-                        self.closed = True
                         break
                     self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
                 if self._flush_due and time.monotonic() >= self._flush_due:
@@ -380,12 +451,17 @@ class _Connection:
                     self.flush_submits()
                 if self.socket in events:
                     self._receive()
+                if self.orphaned:
+                    self._send_acks()
+                    self._stopping = True
         except zmq.ContextTerminated:
             pass
         except Exception:
             log.exception("plb client I/O thread failed")
         finally:
             self._fail_all(PlbError("the client was closed before the task finished"))
+            if self._stopping:
+                self._release()
 
     def _poll_timeout(self) -> int | None:
         if self._flush_due:
@@ -502,7 +578,7 @@ class _Connection:
         entry = dict(info)
         if info.get("state") == "done":
             try:
-                entry["value"] = protocol.loads(buffers)
+                entry["value"] = _unpickle(buffers)
             except DeserializationError as exc:
                 entry["state"] = "failed"
                 entry["error"] = {"type": "DeserializationError", "message": str(exc)}
@@ -521,7 +597,7 @@ class _Connection:
         fut.stderr = info.get("stderr", "")
         if fut.state == "done":
             try:
-                value = protocol.loads(buffers)
+                value = _unpickle(buffers)
             except DeserializationError as exc:
                 fut.state = "failed"
                 fut.set_exception(exc)
@@ -546,16 +622,28 @@ class _Connection:
             self.seed_results.pop(task_id, None)
 
     def close(self) -> None:
-        if self.closed:
+        """Disconnect: submits that wait are sent first; futures still pending fail."""
+        if threading.current_thread() is self._thread:
+            self._stopping = True  # the loop ends after this turn and releases the sockets
             return
-        self.flush_submits()
-        with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
-            self._wake.send(b"close")
+        if not self.closed and not self._stopping:
+            with contextlib.suppress(PlbError):
+                self.flush_submits()
+            with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
+                self._wake.send(b"close")
         self._thread.join(5)
-        self.closed = True
-        for sock in (self._wake, self._wake_pull, self._tx, self.socket):
-            sock.close(linger=0)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the sockets and the context, once, whichever thread ends the connection."""
+        with self._release_lock, self._outbox_lock, self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for sock in (self._wake, self._wake_pull, self._tx, self.socket):
+                sock.close(linger=0)
         self.context.term()
+        _open_connections.discard(self)
 
 
 class _Batch:
@@ -578,7 +666,8 @@ class _Batch:
         self.claimed = 0
         self.settled = 0
         self._settled_counter = itertools.count(1)
-        self.futures: list[PlbFuture] = []
+        #: Futures queued and not yet handed out by the iteration (which keeps none it handed out).
+        self.futures: collections.deque[PlbFuture] = collections.deque()
         self.exhausted = False
         self._grew = threading.Condition()
 
@@ -623,27 +712,29 @@ class _Batch:
                     self.exhausted = True
                     break
                 payload = protocol.call_payload(chunk[0], {}) if self.chunksize == 1 else (chunk, {})
-                spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                try:
+                    spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
+                except SerializationError as exc:  # that chunk fails alone, when its turn comes
+                    self.futures.append(self.submitter._failed(self.name, exc))
+                    continue
                 if self.chunksize > 1:
                     spec["chunk"] = True
                 specs.append((spec, buffers, fut))
-            self.futures.extend(fut for _, _, fut in specs)
+                self.futures.append(fut)
             self._grew.notify_all()
         return specs
 
     def __iter__(self) -> Iterator[PlbFuture]:
-        """The futures in submission order, as they are queued."""
-        index = 0
+        """The futures in submission order, as they are queued; none is kept once handed out."""
         while True:
-            if index < len(self.futures):  # the list only grows: no lock needed to read it
-                yield self.futures[index]
-                index += 1
+            if self.futures:
+                yield self.futures.popleft()
                 continue
             if not self.exhausted:
                 self.feed()
             with self._grew:
-                self._grew.wait_for(lambda i=index: i < len(self.futures) or self.exhausted)
-                if index >= len(self.futures):
+                self._grew.wait_for(lambda: bool(self.futures) or self.exhausted)
+                if not self.futures:
                     return
 
 
@@ -658,8 +749,12 @@ class _Submitter:
         """Run ``fn(*args, **kwargs)`` on a worker; return its future."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
-        fn_buffers, fn_id = self._pickle_function(fn)
-        spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
+        self._connection.check_open()
+        try:
+            fn_buffers, fn_id = self._pickle_function(fn)
+            spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
+        except SerializationError as exc:  # as in an executor, the future carries the error
+            return self._failed(_function_name(fn), exc)
         self._send_tasks([(spec, buffers, fut)], fn_id, fn_buffers)
         return fut
 
@@ -675,13 +770,13 @@ class _Submitter:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
-            for fut in futures:
+            while (fut := next(futures, None)) is not None:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                value = fut.result(remaining)
-                if chunksize > 1:
-                    yield from value
-                else:
-                    yield value
+                values = list(fut.result(remaining)) if chunksize > 1 else [fut.result(remaining)]
+                del fut  # results are handed out, not kept (as Executor.map does)
+                values.reverse()
+                while values:
+                    yield values.pop()
 
         return results()
 
@@ -695,6 +790,7 @@ class _Submitter:
             raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be an integer >= 1")
+        self._connection.check_open()
         batch = _Batch(self, fn, zip(*iterables, strict=False), chunksize)
         batch.feed()
         return iter(batch)
@@ -845,6 +941,14 @@ class _Submitter:
         }
         return spec, buffers, PlbFuture(self._connection, task_id, name)
 
+    def _failed(self, name: str, exc: BaseException) -> PlbFuture:
+        """A future that failed before its task could leave (its function or arguments do not pickle)."""
+        fut = PlbFuture(self._connection, protocol.new_id("t"), name)
+        fut.state = "failed"
+        fut.progress = None
+        fut.set_exception(exc)
+        return fut
+
     def _send_tasks(
         self,
         tasks: list[tuple[dict[str, Any], list[Buffer], PlbFuture]],
@@ -852,6 +956,7 @@ class _Submitter:
         fn_buffers: list[Buffer],
     ) -> None:
         conn = self._connection
+        conn.check_open()
         for spec, _buffers, fut in tasks:
             conn.futures[spec["id"]] = fut
         conn.submit([(spec, buffers) for spec, buffers, _ in tasks], fn_id, fn_buffers)
@@ -885,6 +990,7 @@ class ClientView(_Submitter):
     def __init__(self, conn: _Connection, defaults: dict[str, Any]) -> None:
         self._connection = conn
         self._defaults = defaults
+        conn.adopt(self)
 
 
 class Client(_Submitter):
@@ -914,6 +1020,7 @@ class Client(_Submitter):
         else:
             info = connection.read(connection.resolve_path(loaded))
         self._connection = _Connection(info, loaded)
+        self._connection.adopt(self)  # open while this client, a view of it or a pending future lives
         self._defaults = {"user": user or default_user(), "priority": priority, "timeout": timeout, "retries": retries}
         try:
             self._connection.hello(connect_timeout)
@@ -922,7 +1029,6 @@ class Client(_Submitter):
             raise
         if user is None and self._connection.bound_user:
             self._defaults["user"] = self._connection.bound_user  # the certificate's user (Curve)
-        weakref.finalize(self, self._connection.close)
 
     @property
     def connection_info(self) -> connection.ConnectionInfo:
@@ -933,14 +1039,14 @@ class Client(_Submitter):
         return self._defaults["user"]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Like ``Executor.shutdown``: optionally cancel outstanding tasks, wait, then disconnect."""
+        """Like ``Executor.shutdown``: optionally cancel the tasks not started yet, wait, then disconnect."""
         conn = self._connection
         if conn.closed:
             return
         pending = [f for f in conn.futures.values() if not f.done()]
         if cancel_futures and pending:
             with contextlib.suppress(PlbError):
-                conn.cancel([f.task_id for f in pending])
+                conn.cancel_queued([f.task_id for f in pending])
         if wait:
             concurrent.futures.wait(pending)
         conn.close()

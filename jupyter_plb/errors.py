@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "BalancerUnreachable",
     "CancelledError",
+    "ClientClosed",
     "ConnectionFileError",
     "DeserializationError",
     "ParametersError",
@@ -43,8 +46,8 @@ class ProtocolError(PlbError):
         self.reason = reason
 
 
-class SerializationError(PlbError):
-    """An object could not be pickled for sending."""
+class SerializationError(PlbError, pickle.PicklingError):
+    """An object could not be pickled for sending (also a ``pickle.PicklingError``)."""
 
 
 class DeserializationError(PlbError):
@@ -84,8 +87,12 @@ class TaskFailed(PlbError):
         self.remote_traceback = traceback
 
 
-class WorkerLost(TaskFailed):
-    """The worker process running the task died (killed, crashed, out of memory, hub lost)."""
+class WorkerLost(TaskFailed, BrokenProcessPool):
+    """The worker process running the task died (killed, crashed, out of memory, hub lost).
+
+    Also a ``BrokenProcessPool``, what code written for ``ProcessPoolExecutor`` catches; unlike
+    that pool, the hub replaces the worker and only this task failed.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__("WorkerLost", message)
@@ -107,3 +114,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class ClientClosed(PlbError, RuntimeError):
+    """The client was shut down: it takes no more tasks (as an executor after ``shutdown()``)."""

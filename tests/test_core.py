@@ -6,9 +6,11 @@ import gc
 import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,14 @@ import pytest
 
 from jupyter_plb import report_progress
 from jupyter_plb.client import Client, PlbFuture, as_completed
-from jupyter_plb.errors import QueueFull, RemoteTraceback, TaskTimeout, WorkerLost
+from jupyter_plb.errors import (
+    DeserializationError,
+    QueueFull,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeout,
+    WorkerLost,
+)
 from jupyter_plb.launch import stop_process
 from jupyter_plb.tasks import KeptTask, TaskState
 
@@ -93,6 +102,36 @@ def test_remote_exception_carries_the_traceback_and_the_worker_survives(ready_cl
     assert fut.state == "failed"
     pids = {ready_client.submit(whoami).result(timeout=20) for _ in range(6)}
     assert before in pids, "the worker process that ran the failing task is still serving"
+
+
+class ExitsWhenUnpickled:
+    """A result whose unpickling calls sys.exit (its ``__reduce__`` says so)."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return sys.exit, (1,)
+
+
+def exits_when_unpickled() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def test_what_does_not_pickle_fails_its_own_future_only(ready_client: Client) -> None:
+    lock = threading.Lock()
+    fut = ready_client.submit(divide, lock, 1)  # as an executor: the future carries the error
+    with pytest.raises(SerializationError) as info:
+        fut.result(timeout=20)
+    assert isinstance(info.value, pickle.PicklingError) and fut.state == "failed"
+    results = ready_client.map(divide, [1, lock, 3], [1, 1, 1])
+    assert next(results) == 1
+    with pytest.raises(SerializationError):
+        next(results)
+    assert list(ready_client.map(divide, [4, 6], [2, 2])) == [2, 3]
+
+
+def test_a_result_whose_unpickling_exits_fails_alone(ready_client: Client) -> None:
+    with pytest.raises(DeserializationError, match="SystemExit"):
+        ready_client.submit(exits_when_unpickled).result(timeout=20)
+    assert ready_client.submit(divide, 1, 2).result(timeout=20) == 0.5  # the I/O thread goes on
 
 
 def test_large_bytes_and_numpy_round_trip(ready_client: Client) -> None:
