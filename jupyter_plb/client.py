@@ -756,6 +756,8 @@ class MapIterator(Iterator[Any]):
         self.batch = batch
         self._items = items
         self._length = length
+        #: The bar of ``progress=True`` (a :class:`jupyter_plb.bars.Progress`), else None.
+        self.progress: Any = None
 
     def __iter__(self) -> MapIterator:
         return self
@@ -839,7 +841,9 @@ class _Submitter:
                 else:
                     yield value
 
-        return MapIterator(futures.batch, results(), futures.batch.length)
+        mapped = MapIterator(futures.batch, results(), futures.batch.length)
+        mapped.progress = futures.progress
+        return mapped
 
     def map_futures(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1, progress: bool = False
@@ -858,9 +862,9 @@ class _Submitter:
         batch.feed()
         futures = MapIterator(batch, iter(batch), batch.task_count)
         if progress:
-            from .progress import progress as show_progress
+            from .bars import progress as show_progress
 
-            show_progress(futures, wait=False)
+            futures.progress = show_progress(futures, wait=False)
         return futures
 
     # -- code and data on every worker -----------------------------------------------------------
