@@ -93,28 +93,27 @@ def test_a_broadcast_object_reaches_each_worker_once_across_100_tasks(three_work
     assert all(again[w]["objects"] - before[w]["objects"] <= 1 for w in again)
 
 
+def forgotten(client: Client) -> int:
+    return sum(info["forgotten"] for info in client.run(cache_info).values())
+
+
 def test_released_objects_are_dropped_by_the_workers(three_workers: Client) -> None:
     ref = three_workers.broadcast(b"x" * 100_000)
-    digest = ref.digest
     assert [f.result(timeout=30) for f in [three_workers.submit(len, ref) for _ in range(20)]] == [100_000] * 20
     holding = {w for w, info in three_workers.run(cache_info).items() if info["objects"]}
+    assert holding and forgotten(three_workers) == 0
     ref.release()
     assert ref.released
     with pytest.raises(PlbError, match="released"):
         three_workers.submit(len, ref)
-    wait_for(lambda: all(three_workers.run(cache_info)[w]["forgotten"] >= 1 for w in holding),
-             what="workers to forget the released object")
+    wait_for(lambda: forgotten(three_workers) == len(holding), what="workers to forget the released object")
     # a reference nobody holds any more is released when it is garbage collected
     other = three_workers.broadcast([1, 2, 3])
     assert three_workers.submit(sum, other).result(timeout=30) == 6
-    worker = next(iter(three_workers.run(cache_info)))
-    forgotten = sum(info["forgotten"] for info in three_workers.run(cache_info).values())
     del other
     gc.collect()
-    three_workers.run(os.getpid)  # any later message carries the release along
-    wait_for(lambda: sum(i["forgotten"] for i in three_workers.run(cache_info).values()) == forgotten + 1,
+    wait_for(lambda: forgotten(three_workers) == len(holding) + 1,
              what="the collected reference's object to be forgotten")
-    assert worker and digest
 
 
 def test_a_task_naming_an_unknown_object_is_rejected(ready_client: Client) -> None:
