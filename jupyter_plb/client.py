@@ -898,7 +898,7 @@ class _Submitter:
             reply = self._connection.request(header, buffers, timeout=wait, explain=False)
         except BalancerUnreachable:
             raise BalancerUnreachable(
-                f"run() got no answer within {timeout:g} s: a worker is still running {_function_name(fn)}, "
+                f"run() got no answer within {wait:g} s: a worker is still running {_function_name(fn)}, "
                 "or the balancer is unreachable"
             ) from None
         results: dict[str, Any] = {}

@@ -112,8 +112,8 @@ def broadcast_value(digest: str) -> Any:
     objects = _current.task_objects if _current is not None else None
     if not objects or digest not in objects:
         raise LookupError(
-            f"the broadcast object {digest} did not reach this worker; is it released? "
-            "A broadcast reference works only as an argument of a task of the client that made it."
+            f"the broadcast object {digest} did not reach this worker (was it released?); "
+            "a broadcast reference works only as an argument of submit() or map()"
         )
     value = objects[digest]
     if isinstance(value, _Unloadable):
@@ -245,7 +245,8 @@ class _Worker:
                 self.send({"type": "skipped", "id": skipped})
         elif msg.type == "forget":
             for digest in msg.header.get("digests", []):
-                if self.functions.pop(digest, None) is not None:
+                if digest in self.functions:
+                    del self.functions[digest]
                     self.received["forgotten"] += 1
         elif msg.type == "run":
             self.run_now(msg)
