@@ -108,8 +108,8 @@ class Broadcast:
 
     Each worker receives the object once, with the first task that names it, and keeps it by
     digest; a task gets the object itself in place of the reference, anywhere in its arguments.
-    ``release()`` (or ``with``, or letting the reference be garbage collected) lets the balancer
-    and the workers drop it once no queued or running task needs it.
+    ``release()`` (or ``with``, or letting the reference be garbage collected, or closing the
+    client) lets the balancer and the workers drop it once no queued or running task needs it.
     """
 
     __slots__ = ("__weakref__", "_connection", "_finalizer", "digest", "nbytes", "type_name")
@@ -120,6 +120,7 @@ class Broadcast:
         self.nbytes = nbytes
         self.type_name = type_name
         self._finalizer = weakref.finalize(self, conn.release_later, digest)
+        conn.references.add(self)
 
     @property
     def released(self) -> bool:
@@ -279,6 +280,8 @@ class _Connection:
         self._flush_due = 0.0
         #: Digests of broadcast references garbage collected, released by the I/O thread.
         self.releases: collections.deque[str] = collections.deque()
+        #: The broadcast references made through this connection (released when it closes).
+        self.references: weakref.WeakSet[Broadcast] = weakref.WeakSet()
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
 
@@ -358,6 +361,12 @@ class _Connection:
                     self._wake.send(b"release")
             finally:
                 self._outbox_lock.release()
+
+    def _release_references(self) -> None:
+        """Closing: the references still held are released (the I/O thread sends it before it ends)."""
+        for reference in list(self.references):
+            if reference._finalizer.detach() is not None:
+                self.releases.append(reference.digest)
 
     def _send_releases(self) -> None:
         digests: list[str] = []
@@ -632,6 +641,7 @@ class _Connection:
         if self.closed:
             return
         self.flush_submits()
+        self._release_references()
         with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
             self._wake.send(b"close")
         self._thread.join(5)

@@ -97,7 +97,7 @@ def forgotten(client: Client) -> int:
     return sum(info["forgotten"] for info in client.run(cache_info).values())
 
 
-def test_released_objects_are_dropped_by_the_workers(three_workers: Client) -> None:
+def test_released_objects_are_dropped_by_the_workers(three_workers: Client, connection_file: Path) -> None:
     ref = three_workers.broadcast(b"x" * 100_000)
     assert [f.result(timeout=30) for f in [three_workers.submit(len, ref) for _ in range(20)]] == [100_000] * 20
     holding = {w for w, info in three_workers.run(cache_info).items() if info["objects"]}
@@ -114,6 +114,13 @@ def test_released_objects_are_dropped_by_the_workers(three_workers: Client) -> N
     gc.collect()
     wait_for(lambda: forgotten(three_workers) == len(holding) + 1,
              what="the collected reference's object to be forgotten")
+    # a client that closes releases the references it still holds
+    with Client(connection_file=connection_file) as other_client:
+        kept = other_client.broadcast({"k": 1})
+        assert other_client.submit(len, kept).result(timeout=30) == 1
+    assert kept.released
+    wait_for(lambda: forgotten(three_workers) == len(holding) + 2,
+             what="the closed client's object to be forgotten")
 
 
 def test_a_task_naming_an_unknown_object_is_rejected(ready_client: Client) -> None:
