@@ -64,13 +64,14 @@ def test_run_raises_the_remote_exception_or_returns_it(three_workers: Client) ->
     assert len(three_workers.run(os.getpid)) == 3  # the workers survived
 
 
-def test_run_does_not_wait_behind_queued_tasks(ready_client: Client) -> None:
+def test_run_does_not_wait_behind_running_or_queued_tasks(ready_client: Client) -> None:
     import time
 
-    busy = [ready_client.submit(time.sleep, 3) for _ in range(6)]
+    busy = [ready_client.submit(time.sleep, 6) for _ in range(4)]
+    wait_for(lambda: ready_client.tasks(state="running")["total"] >= 2, what="both workers to be busy")
     started = time.monotonic()
     assert len(ready_client.run(os.getpid)) == 2
-    assert time.monotonic() - started < 2.5  # answered while both workers run (and hold) sleeps
+    assert time.monotonic() - started < 4  # the sleeps hold both workers for 6 s, then 6 s more
     ready_client.cancel([f.task_id for f in busy])
 
 
