@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,14 +65,20 @@ def test_run_raises_the_remote_exception_or_returns_it(three_workers: Client) ->
     assert len(three_workers.run(os.getpid)) == 3  # the workers survived
 
 
-def test_run_does_not_wait_behind_running_or_queued_tasks(ready_client: Client) -> None:
-    import time
+def sleep_marked(folder: str, seconds: float) -> None:
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(seconds)
 
-    busy = [ready_client.submit(time.sleep, 6) for _ in range(4)]
-    wait_for(lambda: ready_client.tasks(state="running")["total"] >= 2, what="both workers to be busy")
+
+def test_run_does_not_wait_behind_running_or_queued_tasks(ready_client: Client, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    busy = [ready_client.submit(sleep_marked, str(marks), 6) for _ in range(4)]
+    wait_for(lambda: len(list(marks.iterdir())) == 2, what="both workers to be sleeping")
     started = time.monotonic()
-    assert len(ready_client.run(os.getpid)) == 2
+    pids = ready_client.run(os.getpid)
     assert time.monotonic() - started < 4  # the sleeps hold both workers for 6 s, then 6 s more
+    assert sorted(pids.values()) == sorted(int(p.name) for p in marks.iterdir())
     ready_client.cancel([f.task_id for f in busy])
 
 
