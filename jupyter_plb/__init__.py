@@ -19,6 +19,7 @@ __all__ = [
     "WorkerHub",
     "__version__",
     "as_completed",
+    "progress",
     "report_progress",
     "startAll",
 ]
@@ -27,6 +28,7 @@ _LAZY = {
     "Balancer": "balancer",
     "Client": "client",
     "as_completed": "client",
+    "progress": "bars",
     "HealthCheck": "healthcheck",
     "LocalCluster": "launch",
     "startAll": "launch",

@@ -72,11 +72,25 @@ class Hub:
 
 @dataclass(slots=True, eq=False)
 class StoredFunction:
+    """A pickle workers cache by digest: a task's function, or a broadcast object."""
+
     buffers: list[Buffer]
     digests: list[bytes]
     refs: int = 0
+    #: Broadcast objects: references clients hold (``Client.broadcast``) and have not released.
+    pins: int = 0
     #: The submitting client's "Python x.y.z, cloudpickle v", passed on to workers with the pickle.
     origin: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """A ``client.run`` in flight: who asked, and the workers that have not answered yet."""
+
+    client: bytes
+    req: Any
+    waiting: set[str]
+    results: list[tuple[dict[str, Any], Sequence[Buffer], Sequence[bytes]]] = field(default_factory=list)
 
 
 def function_digest(digests: list[bytes]) -> str:
@@ -126,6 +140,10 @@ class Balancer:
         self.hubs: dict[str, Hub] = {}
         self.functions: dict[str, StoredFunction] = {}
         self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
+        #: Broadcast objects by digest, and the ones each queued or running task names.
+        self.objects: dict[str, StoredFunction] = {}
+        self._task_objects: dict[str, tuple[str, ...]] = {}
+        self._runs: dict[str, _Run] = {}
         self.stats = Stats()
         self.health: dict[str, Any] = {"status": "unknown", "messages": [], "checked": None}
         self.subscribers: set[Callable[[list[dict[str, Any]]], None]] = set()
@@ -546,6 +564,10 @@ class Balancer:
             if task.fn is not None and task.fn not in self.functions:
                 rejected[task.id] = "the task's function was not sent with it; resubmit"
                 continue
+            refs = self._object_refs(spec)
+            if isinstance(refs, str):
+                rejected[task.id] = refs
+                continue
             try:
                 self.scheduler.submit(task)
             except PlbError as exc:
@@ -554,6 +576,10 @@ class Balancer:
             task.buffers, task.digests = tuple(buffers), tuple(digests)
             if task.fn is not None:
                 self.functions[task.fn].refs += 1
+            if refs:
+                self._task_objects[task.id] = refs
+                for digest in refs:
+                    self.objects[digest].refs += 1
             self.tasks[task.id] = task
             accepted.append(task.id)
             self.store.submitted(task)
@@ -616,6 +642,100 @@ class Balancer:
             submitted=now,
             chunk=bool(spec.get("chunk", False)),
         )
+
+    def _object_refs(self, spec: dict[str, Any]) -> tuple[str, ...] | str:
+        """The broadcast objects a task spec names, or why the task cannot have them."""
+        refs = spec.get("refs") or []
+        if not isinstance(refs, list) or len(refs) > FUNCTION_CACHE_SIZE // 2:
+            return f"refs must be a list of at most {FUNCTION_CACHE_SIZE // 2} broadcast digests"
+        for digest in refs:
+            if not isinstance(digest, str) or digest not in self.objects:
+                return (f"the broadcast object {str(digest)[:40]} is not on the balancer (released, or the "
+                        "balancer restarted): broadcast it again")
+        return tuple(dict.fromkeys(refs))
+
+    # -- broadcast objects and client.run -------------------------------------------------------
+    def _on_broadcast(self, msg: Message) -> None:
+        """Keep an object the client's tasks will name; workers get it with the first task that does."""
+        count = msg.header.get("nbuf")
+        if not isinstance(count, int) or count < 1 or count != len(msg.buffers):
+            raise TaskRejected("a broadcast message carries its object's buffers")
+        digests = list(msg.digests)
+        digest = function_digest(digests)
+        if msg.header.get("digest") != digest or not protocol.matches(msg.buffers, digests):
+            raise TaskRejected("the broadcast object does not match its digest")
+        stored = self.objects.get(digest)
+        if stored is None:
+            stored = self.objects[digest] = StoredFunction(list(msg.buffers), digests)
+        stored.pins += 1
+        self._reply("clients", msg, {"type": "broadcasted", "digest": digest})
+
+    def _on_release(self, msg: Message) -> None:
+        for digest in msg.header.get("digests", [])[:10_000]:
+            stored = self.objects.get(digest) if isinstance(digest, str) else None
+            if stored is not None:
+                stored.pins = max(0, stored.pins - 1)
+                self._drop_unused_object(digest)
+
+    def _drop_unused_object(self, digest: str) -> None:
+        """Forget a broadcast object no reference and no task needs, here and on the workers."""
+        stored = self.objects.get(digest)
+        if stored is None or stored.pins > 0 or stored.refs > 0:
+            return
+        del self.objects[digest]
+        for worker_id, cache in self.worker_functions.items():
+            if digest in cache:
+                del cache[digest]
+                self._send("workers", worker_id.encode(), {"type": "forget", "digests": [digest]})
+
+    def _on_run(self, msg: Message) -> None:
+        """``client.run``: the function goes to every connected worker now, outside the queues."""
+        count = msg.header.get("nbuf")
+        if not isinstance(count, int) or count < 1 or count != len(msg.buffers):
+            raise TaskRejected("a run message carries its function's buffers")
+        targets = list(self.scheduler.slots)
+        wanted = msg.header.get("workers")
+        if isinstance(wanted, list):
+            targets = [w for w in targets if w in set(wanted)]
+        assert msg.identity is not None
+        run_id = protocol.new_id("run")
+        run = self._runs[run_id] = _Run(msg.identity, msg.header.get("req"), set())
+        for worker_id in targets:
+            if self._send("workers", worker_id.encode(), {"type": "run", "id": run_id},
+                          list(msg.buffers), list(msg.digests)):
+                run.waiting.add(worker_id)
+        self._answer_run(run_id)
+
+    def _on_ran(self, msg: Message) -> None:
+        worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
+        run = self._runs.get(str(msg.header.get("id")))
+        if run is None or worker_id not in run.waiting:
+            return
+        count = int(msg.header.get("nbuf", 0))
+        if count != len(msg.buffers):
+            raise TaskRejected("run result buffers missing from the message")
+        info = {k: msg.header.get(k) for k in ("state", "error") if k in msg.header}
+        run.results.append(({**info, "worker": worker_id, "nbuf": count}, msg.buffers, msg.digests))
+        run.waiting.discard(worker_id)
+        self._answer_run(str(msg.header.get("id")))
+
+    def _run_lost(self, worker_id: str, reason: str) -> None:
+        """A worker gone while a ``client.run`` waits for it answers with WorkerLost."""
+        for run_id, run in list(self._runs.items()):
+            if worker_id in run.waiting:
+                run.waiting.discard(worker_id)
+                error = {"type": "WorkerLost", "message": f"worker {worker_id} was lost: {reason}", "traceback": ""}
+                run.results.append(({"worker": worker_id, "state": "failed", "error": error, "nbuf": 0}, (), ()))
+                self._answer_run(run_id)
+
+    def _answer_run(self, run_id: str) -> None:
+        run = self._runs[run_id]
+        if run.waiting:
+            return
+        del self._runs[run_id]
+        self._send("clients", run.client, {
+            "type": "ran", "req": run.req, "results": [info for info, _, _ in run.results],
+        }, [b for _, bufs, _ in run.results for b in bufs], [d for _, _, ds in run.results for d in ds])
 
     def _drop_unused_functions(self, fn_ids: dict[str, str]) -> None:
         for fn_id in fn_ids:
@@ -687,6 +807,9 @@ class Balancer:
         "ack": _on_ack,
         "status": _on_status,
         "tasks": _on_tasks,
+        "broadcast": _on_broadcast,
+        "release": _on_release,
+        "run": _on_run,
     }
 
     # -- hubs and workers ---------------------------------------------------------------------
@@ -947,6 +1070,7 @@ class Balancer:
         "skipped": _on_skipped,
         "worker_bye": _on_worker_bye,
         "hub_drain": _on_hub_drain,
+        "ran": _on_ran,
     }
 
     def _hub_of(self, worker_id: str) -> Hub | None:
@@ -966,6 +1090,7 @@ class Balancer:
         if hub is not None:
             hub.workers.pop(worker_id, None)
         self.worker_functions.pop(worker_id, None)
+        self._run_lost(worker_id, reason)
         self._run_times.pop(worker_id, None)
         tasks = self.scheduler.remove_slot(worker_id)
         for task in tasks:
@@ -1118,23 +1243,41 @@ class Balancer:
                 spec["fn"] = task.fn
                 if task.chunk:
                     spec["chunk"] = True
-                if task.fn in cache:
-                    cache.move_to_end(task.fn)
-                else:
-                    stored = self.functions[task.fn]
+                stored = self.functions[task.fn]
+                if self._ship(cache, task.fn, stored, buffers, digests):
                     spec["fnbuf"] = len(stored.buffers)
                     if stored.origin:
                         spec["origin"] = stored.origin
-                    buffers.extend(stored.buffers)
-                    digests.extend(stored.digests)
-                    cache[task.fn] = None
-                    if len(cache) > FUNCTION_CACHE_SIZE:
-                        cache.popitem(last=False)
+                refs = self._task_objects.get(task.id)
+                if refs:
+                    spec["refs"] = [
+                        [d, len(self.objects[d].buffers) if self._ship(cache, d, self.objects[d], buffers, digests)
+                         else 0] for d in refs
+                    ]
             buffers.extend(task.buffers)
             digests.extend(task.digests)
             specs.append(spec)
         if not self._send("workers", worker_id.encode(), {"type": "tasks", "tasks": specs}, buffers, digests):
             self._lose_worker(worker_id, "its connection is gone", count_attempt=False)
+
+    @staticmethod
+    def _ship(
+        cache: collections.OrderedDict[str, None],
+        digest: str,
+        stored: StoredFunction,
+        buffers: list[Buffer],
+        digests: list[bytes],
+    ) -> bool:
+        """Add a cached pickle to a worker's message unless it has it; mirror its cache's LRU."""
+        if digest in cache:
+            cache.move_to_end(digest)
+            return False
+        buffers.extend(stored.buffers)
+        digests.extend(stored.digests)
+        cache[digest] = None
+        if len(cache) > FUNCTION_CACHE_SIZE:
+            cache.popitem(last=False)
+        return True
 
     def _finish(
         self,
@@ -1174,6 +1317,10 @@ class Balancer:
             stored.refs -= 1
             if stored.refs <= 0:
                 del self.functions[task.fn]
+        for digest in self._task_objects.pop(task.id, ()):
+            if digest in self.objects:
+                self.objects[digest].refs -= 1
+                self._drop_unused_object(digest)
         task.buffers = ()
         task.digests = ()
 

@@ -52,6 +52,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
         memory_limit=parse_size(args.memory_limit) if args.memory_limit else 0,
         grace=args.grace,
         exit_with_stdin=args.exit_with_stdin,
+        setup=args.setup,
     )
     for spec in args.tasks:
         for name, fn in load_tasks(spec).items():
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "are handed back (default 30; a second signal stops at once)")
     hub.add_argument("--exit-with-stdin", action="store_true",
                      help="drain and exit when standard input closes (used by plb ssh)")
+    hub.add_argument("--setup", metavar="MODULE:FUNCTION",
+                     help="call FUNCTION() in each new worker before it takes tasks (imports, data)")
     hub.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     hub.set_defaults(func=cmd_hub)
 

@@ -11,6 +11,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import getpass
 import hashlib
 import itertools
@@ -30,6 +31,7 @@ import cloudpickle
 import zmq
 
 from . import connection, parameters, protocol, security, sockets
+from .display import BatchCounter
 from .errors import (
     BalancerUnreachable,
     ClientClosed,
@@ -45,7 +47,7 @@ from .errors import (
     WorkerLost,
 )
 from .protocol import Buffer, Message, Session
-from .worker import VERSIONS
+from .worker import VERSIONS, broadcast_value
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,61 @@ def _pickled_by_reference(fn: Callable[..., Any]) -> bool:
     for part in qualname.split("."):
         found = getattr(found, part, None)
     return found is fn
+
+
+#: While a task's arguments are pickled: the digests of the broadcast objects they name.
+_naming_objects: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("plb_objects", default=None)
+
+
+class Broadcast:
+    """A reference to an object the balancer keeps (``Client.broadcast``); pass it as a task argument.
+
+    Each worker receives the object once, with the first task that names it, and keeps it by
+    digest; a task gets the object itself in place of the reference, anywhere in its arguments.
+    ``release()`` (or ``with``, or letting the reference be garbage collected, or closing the
+    client) lets the balancer and the workers drop it once no queued or running task needs it.
+    """
+
+    __slots__ = ("__weakref__", "_connection", "_finalizer", "digest", "nbytes", "type_name")
+
+    def __init__(self, conn: _Connection, digest: str, nbytes: int, type_name: str) -> None:
+        self._connection = conn
+        self.digest = digest
+        self.nbytes = nbytes
+        self.type_name = type_name
+        self._finalizer = weakref.finalize(self, conn.release_later, digest)
+        conn.references.add(self)
+
+    @property
+    def released(self) -> bool:
+        return not self._finalizer.alive
+
+    def release(self) -> None:
+        """Let the balancer and the workers drop the object (after the tasks that name it)."""
+        if self._finalizer.detach() is not None and not self._connection.closed:
+            self._connection.send({"type": "release", "digests": [self.digest]})
+
+    def __enter__(self) -> Broadcast:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
+        if self.released:
+            raise PlbError(f"the broadcast object {self.digest} was released; broadcast it again")
+        naming = _naming_objects.get()
+        if naming is None:
+            raise TypeError(
+                "a broadcast reference travels only as an argument of submit() or map(), "
+                "not inside a function (closure, default) or a run() call"
+            )
+        naming.append(self.digest)
+        return broadcast_value, (self.digest,)
+
+    def __repr__(self) -> str:
+        state = " released" if self.released else ""
+        return f"<Broadcast {self.digest} {self.type_name} {self.nbytes} bytes{state}>"
 
 
 class PlbFuture(concurrent.futures.Future):
@@ -256,6 +313,10 @@ class _Connection:
         self._outbox_lock = threading.Lock()
         self._last_submit = 0.0
         self._flush_due = 0.0
+        #: Digests of broadcast references garbage collected, released by the I/O thread.
+        self.releases: collections.deque[str] = collections.deque()
+        #: The broadcast references made through this connection (released when it closes).
+        self.references: weakref.WeakSet[Broadcast] = weakref.WeakSet()
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
         _open_connections.add(self)
@@ -347,6 +408,32 @@ class _Connection:
         req = self.next_request_id()
         self.unacked[req] = (header, buffers)
         self.send({**header, "req": req}, buffers)
+
+    def release_later(self, digest: str) -> None:
+        """A broadcast reference was collected: the I/O thread tells the balancer (no blocking here,
+        as the garbage collector may run this in any thread, even one holding a lock of ours)."""
+        if self.closed:
+            return
+        self.releases.append(digest)
+        if self._outbox_lock.acquire(blocking=False):
+            try:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._wake.send(b"release")
+            finally:
+                self._outbox_lock.release()
+
+    def _release_references(self) -> None:
+        """Closing: the references still held are released (the I/O thread sends it before it ends)."""
+        for reference in list(self.references):
+            if reference._finalizer.detach() is not None:
+                self.releases.append(reference.digest)
+
+    def _send_releases(self) -> None:
+        digests: list[str] = []
+        while self.releases:
+            digests.append(self.releases.popleft())
+        if digests:
+            self.send({"type": "release", "digests": digests})
 
     def next_request_id(self) -> str:
         return f"r{next(self._req_counter)}"
@@ -442,10 +529,15 @@ class _Connection:
                     self._send_acks()
                     self._ping()
                 if self._wake_pull in events:
-                    if self._wake_pull.recv() == b"close":
+                    wake = self._wake_pull.recv()
+                    if wake == b"close":
+                        self._send_releases()
                         self._send_acks()
                         break
-                    self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
+                    if wake == b"flush":
+                        self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
+                if self.releases:
+                    self._send_releases()
                 if self._flush_due and time.monotonic() >= self._flush_due:
                     self._flush_due = 0.0
                     self.flush_submits()
@@ -629,6 +721,7 @@ class _Connection:
         if not self.closed and not self._stopping:
             with contextlib.suppress(PlbError):
                 self.flush_submits()
+            self._release_references()
             with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
                 self._wake.send(b"close")
         self._thread.join(5)
@@ -655,6 +748,7 @@ class _Batch:
         fn: Callable[..., Any],
         items: Iterator[tuple[Any, ...]],
         chunksize: int,
+        length: int | None = None,
     ) -> None:
         self.submitter = submitter
         self.fn_buffers, self.fn_id = submitter._pickle_function(fn)
@@ -669,7 +763,20 @@ class _Batch:
         #: Futures queued and not yet handed out by the iteration (which keeps none it handed out).
         self.futures: collections.deque[PlbFuture] = collections.deque()
         self.exhausted = False
+        #: Items and tasks in all, when the inputs have a length.
+        self.length = length
+        self.task_count = None if length is None else math.ceil(length / chunksize)
+        self._counters: list[BatchCounter] = []
         self._grew = threading.Condition()
+
+    def follow(self, counter: BatchCounter) -> None:
+        """Have ``counter`` count this map's futures, those queued and those to come."""
+        with self._grew:
+            counter.add(self.futures)
+            if self.exhausted:
+                counter.seal()
+            else:
+                self._counters.append(counter)
 
     def _on_settled(self, _future: Any) -> None:
         """A future of this map settled: feed more every ``step`` of them, or when all did."""
@@ -705,6 +812,7 @@ class _Batch:
     def _pickle(self, count: int) -> list[tuple[dict[str, Any], list[Buffer], PlbFuture]]:
         """Up to ``count`` more tasks, made visible to iteration at once."""
         specs: list[tuple[dict[str, Any], list[Buffer], PlbFuture]] = []
+        made: list[PlbFuture] = []
         with self._grew:
             while len(specs) < count:
                 chunk = list(itertools.islice(self.items, self.chunksize))
@@ -715,12 +823,19 @@ class _Batch:
                 try:
                     spec, buffers, fut = self.submitter._function_task(self.fn_id, self.name, payload)
                 except SerializationError as exc:  # that chunk fails alone, when its turn comes
-                    self.futures.append(self.submitter._failed(self.name, exc))
+                    failed = self.submitter._failed(self.name, exc)
+                    self.futures.append(failed)
+                    made.append(failed)
                     continue
                 if self.chunksize > 1:
                     spec["chunk"] = True
                 specs.append((spec, buffers, fut))
                 self.futures.append(fut)
+                made.append(fut)
+            for counter in self._counters:
+                counter.add(made)
+                if self.exhausted:
+                    counter.seal()
             self._grew.notify_all()
         return specs
 
@@ -736,6 +851,59 @@ class _Batch:
                 self._grew.wait_for(lambda: bool(self.futures) or self.exhausted)
                 if not self.futures:
                     return
+
+
+class MapIterator(Iterator[Any]):
+    """What ``map`` and ``map_futures`` return: an iterator over results or futures, with the map's
+    futures behind it (``jupyter_plb.progress(it)``) and a length when its inputs have one (tqdm)."""
+
+    def __init__(self, batch: _Batch, items: Iterator[Any], length: int | None) -> None:
+        self.batch = batch
+        self._items = items
+        self._length = length
+        #: The bar of ``progress=True`` (a :class:`jupyter_plb.bars.Progress`), else None.
+        self.progress: Any = None
+
+    def __iter__(self) -> MapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def __len__(self) -> int:
+        if self._length is None:
+            raise TypeError("this map's inputs have no length")
+        return self._length
+
+
+class _Completed(Iterator[PlbFuture]):
+    """``as_completed`` with a length (the number of futures), so ``tqdm(as_completed(fs))`` has a total."""
+
+    def __init__(self, futures: Iterable[PlbFuture], timeout: float | None) -> None:
+        unique = set(futures)
+        self._length = len(unique)
+        self._futures = concurrent.futures.as_completed(unique, timeout)
+
+    def __iter__(self) -> _Completed:
+        return self
+
+    def __next__(self) -> PlbFuture:
+        return next(self._futures)
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def as_completed(fs: Iterable[PlbFuture], timeout: float | None = None) -> Iterator[PlbFuture]:
+    """Like ``concurrent.futures.as_completed``, with ``len()`` (for tqdm's total)."""
+    return _Completed(fs, timeout)
+
+
+def _input_length(iterables: Sequence[Iterable[Any]]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 class _Submitter:
@@ -764,9 +932,13 @@ class _Submitter:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
-        """Like ``Executor.map``: results in order; an exception is raised when its turn comes."""
-        futures = self.map_futures(fn, *iterables, chunksize=chunksize)
+        progress: bool = False,
+    ) -> MapIterator:
+        """Like ``Executor.map``: results in order; an exception is raised when its turn comes.
+
+        ``progress=True`` shows a bar while it runs (:func:`jupyter_plb.progress`, not blocking).
+        """
+        futures = self.map_futures(fn, *iterables, chunksize=chunksize, progress=progress)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
@@ -778,22 +950,100 @@ class _Submitter:
                 while values:
                     yield values.pop()
 
-        return results()
+        mapped = MapIterator(futures.batch, results(), futures.batch.length)
+        mapped.progress = futures.progress
+        return mapped
 
-    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> Iterator[PlbFuture]:
+    def map_futures(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1, progress: bool = False
+    ) -> MapIterator:
         """Submit ``fn`` over the arguments, chunked; iterate the futures in order (one per chunk).
 
         Tasks are fed to the balancer as results come back, never more than the per-user queue
-        limit at a time, so a long map does not hit ``LB_QUEING_MAXPERUSER``.
+        limit at a time, so a long map does not hit ``LB_QUEING_MAXPERUSER``. ``progress=True``
+        shows a bar while it runs.
         """
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be an integer >= 1")
         self._connection.check_open()
-        batch = _Batch(self, fn, zip(*iterables, strict=False), chunksize)
+        batch = _Batch(self, fn, zip(*iterables, strict=False), chunksize, _input_length(iterables))
         batch.feed()
-        return iter(batch)
+        futures = MapIterator(batch, iter(batch), batch.task_count)
+        if progress:
+            from .bars import progress as show_progress
+
+            futures.progress = show_progress(futures, wait=False)
+        return futures
+
+    # -- code and data on every worker -----------------------------------------------------------
+    def run(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        workers: Iterable[str] | None = None,
+        on_error: str = "raise",
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Call ``fn(*args, **kwargs)`` on every connected worker now, outside the task queues.
+
+        Returns ``{worker id: result}``. A worker that is running a long task runs ``fn`` at the same
+        time, on its I/O thread. ``on_error``: ``"raise"`` the first remote exception (with its
+        remote traceback as ``__cause__``), ``"return"`` it in the dict, or ``"ignore"`` that worker.
+        ``workers`` limits it to those ids; ``timeout`` (s) bounds the wait (default: none).
+        """
+        if not callable(fn):
+            raise TypeError(f"run() needs a callable, got {type(fn).__name__}")
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError("on_error must be 'raise', 'return' or 'ignore'")
+        buffers = protocol.dumps((fn, args, kwargs))
+        header: dict[str, Any] = {"type": "run", "nbuf": len(buffers)}
+        if workers is not None:
+            header["workers"] = [str(w) for w in workers]
+        wait = threading.TIMEOUT_MAX if timeout is None else timeout
+        try:
+            reply = self._connection.request(header, buffers, timeout=wait, explain=False)
+        except BalancerUnreachable:
+            raise BalancerUnreachable(
+                f"run() got no answer within {wait:g} s: a worker is still running {_function_name(fn)}, "
+                "or the balancer is unreachable"
+            ) from None
+        results: dict[str, Any] = {}
+        position = 0
+        for info in reply.header.get("results", []):
+            count = int(info.get("nbuf", 0))
+            answer = reply.buffers[position : position + count]
+            position += count
+            worker = str(info.get("worker"))
+            if info.get("state") == "done":
+                results[worker] = protocol.loads(answer)
+                continue
+            exc = _rebuild_exception(info, answer)
+            if on_error == "raise":
+                raise exc
+            if on_error == "return":
+                results[worker] = exc
+        return dict(sorted(results.items()))
+
+    def broadcast(self, obj: Any) -> Broadcast:
+        """Keep ``obj`` on the balancer; return a reference that tasks take as an argument.
+
+        Each worker receives the object once (with its first task that names it) and keeps it until
+        the reference is released (``release()``, ``with``, or garbage collected) and no queued or
+        running task names it.
+        """
+        if isinstance(obj, Broadcast):
+            raise TypeError("this is already a broadcast reference")
+        buffers = protocol.dumps(protocol.blob(obj))
+        digest = hashlib.sha256(b"".join(protocol.digest(b) for b in buffers)).hexdigest()[:32]
+        self._connection.request({"type": "broadcast", "digest": digest, "nbuf": len(buffers)}, buffers)
+        nbytes = sum(protocol.buffer_size(b) for b in buffers)
+        return Broadcast(self._connection, digest, nbytes, type(obj).__name__)
+
+    scatter = broadcast
 
     def options(self, **overrides: Any) -> ClientView:
         """A view with other defaults: ``priority=``, ``user=``, ``timeout=``, ``retries=``."""
@@ -928,9 +1178,14 @@ class _Submitter:
     def _function_task(
         self, fn_id: str, name: str, payload: tuple[Any, dict[str, Any]]
     ) -> tuple[dict[str, Any], list[Buffer], PlbFuture]:
-        buffers = protocol.dumps(payload)
+        naming: list[str] = []
+        token = _naming_objects.set(naming)
+        try:
+            buffers = protocol.dumps(payload)
+        finally:
+            _naming_objects.reset(token)
         task_id = protocol.new_id("t")
-        spec = {
+        spec: dict[str, Any] = {
             "id": task_id,
             "name": name,
             "fn": fn_id,
@@ -939,6 +1194,8 @@ class _Submitter:
             "nbuf": len(buffers),
             **self._limits(),
         }
+        if naming:
+            spec["refs"] = list(dict.fromkeys(naming))
         return spec, buffers, PlbFuture(self._connection, task_id, name)
 
     def _failed(self, name: str, exc: BaseException) -> PlbFuture:
@@ -1060,5 +1317,4 @@ class Client(_Submitter):
         self.shutdown(wait=True)
 
 
-as_completed = concurrent.futures.as_completed
 wait = concurrent.futures.wait

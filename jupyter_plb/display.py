@@ -122,11 +122,13 @@ def print_outputs(futures: Iterable[Any], limit: int = OUTPUT_PRINT_LIMIT) -> No
 class BatchCounter:
     """Counts a batch of futures as they settle (done callbacks, no polling).
 
-    Futures may be added while the batch is being submitted; ``total`` is then given up front.
+    Futures may be added while the batch is being submitted; ``total`` is then given up front,
+    or, with ``growing=True``, counts the futures added until :meth:`seal` says there are no more.
     """
 
-    def __init__(self, futures: Sequence[Any] = (), total: int | None = None) -> None:
-        self.total = len(futures) if total is None else total
+    def __init__(self, futures: Sequence[Any] = (), total: int | None = None, *, growing: bool = False) -> None:
+        self.growing = growing
+        self.total = 0 if growing else len(futures) if total is None else total
         self.done = 0
         self.failed = 0
         self.cancelled = 0
@@ -144,7 +146,19 @@ class BatchCounter:
             with self.changed:
                 self._futures.append(fut)
                 self._pending.add(fut)
+                if self.growing:
+                    self.total += 1
             fut.add_done_callback(self._settled)
+
+    def seal(self) -> None:
+        """No more futures will be added (a growing batch has its total now)."""
+        with self.changed:
+            self.growing = False
+            self.changed.notify_all()
+
+    @property
+    def complete(self) -> bool:
+        return not self.growing and self.finished >= self.total
 
     def _settled(self, fut: Any) -> None:
         with self.changed:
@@ -158,7 +172,7 @@ class BatchCounter:
             for text in (getattr(fut, "stdout", ""), getattr(fut, "stderr", "")):
                 if text:
                     self.output.extend(text.splitlines())
-            if self.finished >= self.total:
+            if self.complete:
                 self.changed.notify_all()
 
     @property
@@ -192,8 +206,8 @@ class BatchCounter:
     def wait(self, timeout: float | None) -> bool:
         """Wait until all futures settled (or :meth:`close`, or ``timeout``); True if they did."""
         with self.changed:
-            self.changed.wait_for(lambda: self.closed or self.finished >= self.total, timeout)
-            return self.finished >= self.total
+            self.changed.wait_for(lambda: self.closed or self.complete, timeout)
+            return self.complete
 
     def close(self) -> None:
         """Wake the waiters for good (the batch will not complete: interrupted, not submitted)."""

@@ -35,7 +35,7 @@ from . import connection, parameters, protocol, security, sockets
 from .connection import ConnectionInfo
 from .errors import PlbError
 from .protocol import Message, Session
-from .worker import EXIT_RETIRED, WorkerConfig
+from .worker import EXIT_RETIRED, EXIT_SETUP_FAILED, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,15 @@ class WorkerHub:
         memory_limit: int = 0,
         grace: float | None = None,
         exit_with_stdin: bool = False,
+        setup: str | Callable[[], Any] | None = None,
     ) -> None:
         """``grace``: seconds running tasks get when the hub is asked to stop (SIGTERM, Ctrl-C,
         :meth:`drain`); default 30, or 0 for a ``local`` hub (started with its balancer, stopped
         with it). ``max_tasks_per_worker``: a worker retires after that many tasks and a fresh one
         takes its place. ``memory_limit``: bytes of address space per worker (RLIMIT_AS).
         ``exit_with_stdin``: drain when standard input closes (how ``plb ssh`` stops its hubs).
+        ``setup``: a function (or ``"module:function"``) each new worker calls before it takes
+        tasks; a worker whose setup raises is not started again and the hub reports itself unhealthy.
         """
         if max_tasks_per_worker < 0:
             raise PlbError("max_tasks_per_worker must be >= 0 (0: no limit)")
@@ -127,6 +130,9 @@ class WorkerHub:
         self.memory_limit = memory_limit
         self.grace = float(grace) if grace is not None else (0.0 if local else DEFAULT_GRACE)
         self.exit_with_stdin = exit_with_stdin
+        self.setup_name, self._setup = _setup_hook(setup)
+        #: Set when a worker's setup hook raised: the hub stays unhealthy and starts no more workers.
+        self.setup_failed = False
         self.tasks: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
         self.workers: dict[str, _WorkerProcess] = {}
         self.state = "ok"
@@ -426,7 +432,7 @@ class WorkerHub:
         assert self._loop is not None
         deaths = self._supervision.deaths
         calm = not deaths or time.monotonic() - deaths[-1] > CRASH_WINDOW
-        if self.state == "unhealthy" and calm:
+        if self.state == "unhealthy" and calm and not self.setup_failed:
             self.state = "ok"
             self._supervision.respawn_delay = 0.0
         silent_for = time.monotonic() - max(self._last_ack, self._started)
@@ -470,6 +476,8 @@ class WorkerHub:
             max_tasks=self.max_tasks_per_worker,
             memory_limit=self.memory_limit,
             curve=self._curve,
+            setup=self._setup,
+            setup_name=self.setup_name,
         )
         try:
             process = subprocess.Popen(
@@ -513,6 +521,14 @@ class WorkerHub:
         code = proc.process.wait()
         self._forget_worker(proc)
         if self._stopping:
+            return
+        if code == EXIT_SETUP_FAILED and self.state != "draining":
+            self.setup_failed = True
+            self.state = "unhealthy"
+            log.error("WKHUB - worker %s: the setup hook %s failed (its traceback is above); not starting it "
+                      "again. Fix the hook and restart the hub.", proc.id, self.setup_name)
+            self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id,
+                        "reason": f"its setup hook {self.setup_name} failed"})
             return
         if code == EXIT_RETIRED:
             # It said worker_bye itself after its last results; this covers a lost goodbye.
@@ -590,6 +606,27 @@ class WorkerHub:
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def _setup_hook(setup: str | Callable[[], Any] | None) -> tuple[str, bytes]:
+    """The hook's name and pickle for the workers; ``"module:function"`` is imported here, so a
+    typo is an error at once rather than in every worker."""
+    if setup is None:
+        return "", b""
+    if isinstance(setup, str):
+        functions = load_tasks(setup, option="--setup")
+        if len(functions) != 1:
+            raise PlbError(f"--setup {setup}: must name a function")
+        fn = next(iter(functions.values()))
+        name = setup
+    elif callable(setup):
+        fn, name = setup, getattr(setup, "__qualname__", repr(setup))
+    else:
+        raise PlbError(f"setup must be a function or 'module:function', got {type(setup).__name__}")
+    try:
+        return name, cloudpickle.dumps(fn)
+    except Exception as exc:
+        raise PlbError(f"the setup hook {name} cannot be pickled for the workers: {exc}") from exc
+
+
 def parse_size(text: str) -> int:
     """Bytes from ``"512M"``, ``"2G"``, ``"1.5GiB"``, ``"1048576"`` (binary units; 0: no limit)."""
     cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -605,23 +642,23 @@ def parse_size(text: str) -> int:
     return int(value * _SIZE_UNITS[unit])
 
 
-def load_tasks(spec: str) -> dict[str, Callable[..., Any]]:
+def load_tasks(spec: str, option: str = "--tasks") -> dict[str, Callable[..., Any]]:
     """``module:attr`` naming a dict of task name → function (or a function, named after itself)."""
     import importlib
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise PlbError(f"--tasks expects module:attr, got {spec!r}")
+        raise PlbError(f"{option} expects module:attr, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise PlbError(f"--tasks {spec}: cannot import {module_name!r} ({exc})") from None
+        raise PlbError(f"{option} {spec}: cannot import {module_name!r} ({exc})") from None
     try:
         value = getattr(module, attr)
     except AttributeError:
-        raise PlbError(f"--tasks {spec}: {module_name!r} has no attribute {attr!r}") from None
+        raise PlbError(f"{option} {spec}: {module_name!r} has no attribute {attr!r}") from None
     if callable(value):
         return {attr: value}
     if isinstance(value, dict) and all(callable(v) for v in value.values()):
         return dict(value)
-    raise PlbError(f"--tasks {spec}: must name a function or a dict of name -> function")
+    raise PlbError(f"{option} {spec}: must name a function or a dict of name -> function")

@@ -399,19 +399,9 @@ class PlbMagics(Magics):
 
     def _progress(self, counter: show.BatchCounter, label: str, user: str) -> show.LiveProgress:
         """Show a batch live (a widget in a kernel, a text line elsewhere), fed by one thread."""
-        if show.in_kernel():
-            from .widgets import BatchProgress
+        from .bars import live, running_tasks
 
-            view: show.ProgressView = BatchProgress(label)
-            display(view)
-        else:
-            view = show.ProgressLine(counter, label)
-        client = self.client
-
-        def running() -> set[str]:
-            return {t["id"] for t in client.tasks(state="running", user=user, limit=1000)["tasks"]}
-
-        return show.LiveProgress(counter, view, running=running).start()
+        return live(counter, label, running_tasks(self.client._connection, user))
 
     def _wait(self, futures: list[Any], timeout: float | None, label: str) -> None:
         """Wait for futures (a progress view for several), then print their output and failures."""

@@ -39,7 +39,8 @@ from .protocol import Buffer, Message, Session
 
 log = logging.getLogger(__name__)
 
-#: Functions a worker keeps unpickled, by digest; the balancer mirrors this cache exactly.
+#: Functions and broadcast objects a worker keeps unpickled, by digest; the balancer mirrors this
+#: cache exactly (same insertions, uses and evictions, in the same order).
 FUNCTION_CACHE_SIZE = 256
 #: Captured stdout/stderr kept per task.
 MAX_OUTPUT = 1 << 20
@@ -50,6 +51,8 @@ RESULT_BATCH_MAX = 16
 #: Exit code of a worker that retired cleanly (recycled after its task quota, or drained): its hub
 #: replaces it (unless draining) without counting a crash, and its tasks are not charged an attempt.
 EXIT_RETIRED = 85
+#: Exit code of a worker whose hub's setup hook raised: its hub does not start it again.
+EXIT_SETUP_FAILED = 86
 #: This interpreter's versions, named when a pickle from a client cannot be loaded here.
 VERSIONS = "Python {}.{}.{}, cloudpickle {}".format(*sys.version_info[:3], cloudpickle.__version__)
 
@@ -78,6 +81,9 @@ class WorkerConfig:
     memory_limit: int = 0
     #: The hub's CurveZMQ keys (security.PeerKeys) when the balancer uses Curve.
     curve: Any = None
+    #: The hub's setup hook, cloudpickled (b"": none), and its name for messages.
+    setup: bytes = b""
+    setup_name: str = ""
 
 
 _current: _Worker | None = None
@@ -92,6 +98,34 @@ def report_progress(value: float) -> None:
 def current_task_id() -> str | None:
     """The id of the task this worker process is running, or None."""
     return _current.task_id if _current is not None else None
+
+
+def cache_info() -> dict[str, int]:
+    """What this worker's cache holds and has received (``client.run(cache_info)`` reads it)."""
+    if _current is None:
+        return {}
+    return {"cached": len(_current.functions), **_current.received}
+
+
+def broadcast_value(digest: str) -> Any:
+    """The broadcast object a task's arguments name (what a ``Broadcast`` reference unpickles to)."""
+    objects = _current.task_objects if _current is not None else None
+    if not objects or digest not in objects:
+        raise LookupError(
+            f"the broadcast object {digest} did not reach this worker (was it released?); "
+            "a broadcast reference works only as an argument of submit() or map()"
+        )
+    value = objects[digest]
+    if isinstance(value, _Unloadable):
+        raise value.error
+    return value
+
+
+@dataclass(slots=True)
+class _Unloadable:
+    """A cached pickle that could not be loaded: the error its tasks raise."""
+
+    error: Exception
 
 
 def _accepts_progress(fn: Callable[..., Any]) -> bool:
@@ -133,7 +167,12 @@ class _Worker:
         self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
         for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
             self.routes[name] = (fn, kwargs, _accepts_progress(fn))
+        #: Functions and broadcast objects by digest (the balancer mirrors it).
         self.functions: OrderedDict[str, Any] = OrderedDict()
+        #: Pickles received into the cache, by kind, and entries the balancer told it to forget.
+        self.received = {"functions": 0, "objects": 0, "forgotten": 0}
+        #: The broadcast objects the running task's arguments name, resolved when it was accepted.
+        self.task_objects: dict[str, Any] | None = None
         #: (spec, buffers); buffers is None when they failed their digest check.
         self.pending: deque[tuple[dict[str, Any], list[Buffer] | None]] = deque()
         self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
@@ -204,6 +243,13 @@ class _Worker:
                 removed = len(self.pending) < before
             if msg.header.get("reply") and removed:
                 self.send({"type": "skipped", "id": skipped})
+        elif msg.type == "forget":
+            for digest in msg.header.get("digests", []):
+                if digest in self.functions:
+                    del self.functions[digest]
+                    self.received["forgotten"] += 1
+        elif msg.type == "run":
+            self.run_now(msg)
         elif msg.type == "stop":
             raise SystemExit(0)
 
@@ -219,6 +265,19 @@ class _Worker:
                 position = end
             elif spec.get("fn") in self.functions:
                 self.functions.move_to_end(spec["fn"])
+            objects: dict[str, Any] = {}
+            for digest, count in spec.get("refs", []):
+                if count:
+                    end = position + count
+                    self.cache_object(digest, msg.buffers[position:end], msg.digests[position:end])
+                    position = end
+                elif digest in self.functions:
+                    self.functions.move_to_end(digest)
+                objects[digest] = self.functions.get(digest, _Unloadable(LookupError(
+                    f"the broadcast object {digest} was not sent with the task that needs it"
+                )))
+            if objects:
+                spec["objects"] = objects
             end = position + int(spec.get("nbuf", 0))
             buffers = msg.buffers[position:end]
             intact = protocol.matches(buffers, msg.digests[position:end])
@@ -240,10 +299,43 @@ class _Worker:
             fn = self.versions_error(digest, exc)
         except Exception as exc:
             fn = exc
-        self.functions[digest] = fn
+        self.received["functions"] += 1
+        self.remember(digest, fn)
+
+    def cache_object(self, digest: str, buffers: list[Buffer], digests: list[bytes]) -> None:
+        """Keep a broadcast object; one that does not load is kept as the error its tasks raise."""
+        try:
+            protocol.verify(buffers, digests)
+            value: Any = protocol.loads(buffers)
+        except Exception as exc:
+            value = _Unloadable(exc)
+        self.received["objects"] += 1
+        self.remember(digest, value)
+
+    def remember(self, digest: str, value: Any) -> None:
+        """Cache an entry, evicting the least recently used one beyond the size (as the balancer does)."""
+        self.functions[digest] = value
         if len(self.functions) > FUNCTION_CACHE_SIZE:
             evicted, _ = self.functions.popitem(last=False)
             self.origins.pop(evicted, None)
+
+    def run_now(self, msg: Message) -> None:
+        """``client.run``: call the function here and now, outside the task queue; answer at once."""
+        header: dict[str, Any] = {"type": "ran", "id": msg.header.get("id"), "worker": self.config.worker_id}
+        buffers: list[Buffer] = []
+        try:
+            protocol.verify(msg.buffers, msg.digests)
+            fn, args, kwargs = protocol.loads(msg.buffers)
+            value = fn(*args, **kwargs)
+            buffers = protocol.dumps(protocol.blob(value))
+            header["state"] = "done"
+        except BaseException as exc:  # the function's SystemExit fails the call only
+            header["state"] = "failed"
+            header["error"] = _error_info(exc)
+            with contextlib.suppress(Exception):
+                buffers = protocol.dumps(exc)
+        header["nbuf"] = len(buffers)
+        self.send(header, buffers)
 
     def versions_error(self, digest: Any, exc: DeserializationError) -> DeserializationError:
         """``exc`` with both sides' Python and cloudpickle versions, and what to do about them."""
@@ -300,10 +392,15 @@ class _Worker:
             raise LookupError("the task's function did not reach this worker")
         if isinstance(fn, Exception):
             raise fn
+        self.task_objects = spec.get("objects")
         try:
             args, kwargs = protocol.loads(buffers)
         except DeserializationError as exc:
+            if isinstance(exc.__cause__, LookupError):
+                raise exc.__cause__ from None  # a broadcast object is missing: say that
             raise self.versions_error(spec.get("fn"), exc) from exc.__cause__
+        finally:
+            self.task_objects = None
         if spec.get("chunk"):
             return [fn(*item) for item in args]
         return fn(*args, **kwargs)
@@ -497,6 +594,7 @@ def main(config: WorkerConfig) -> None:
     _set_nice(config.process_p)
     # Ctrl-C in a terminal reaches the whole process group: the hub drains, its workers go on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _run_setup(config)
     _current = _Worker(config)
     _limit_memory(config.memory_limit)
     code = 0
@@ -517,6 +615,19 @@ def main(config: WorkerConfig) -> None:
         _current.context.term()
     if code:
         sys.exit(code)
+
+
+def _run_setup(config: WorkerConfig) -> None:
+    """Call the hub's setup hook; when it raises, say so with its traceback and exit EXIT_SETUP_FAILED."""
+    if not config.setup:
+        return
+    try:
+        cloudpickle.loads(config.setup)()
+    except BaseException:
+        log.error("worker %s: the hub's setup hook %s failed, so this worker does not start:\n%s",
+                  config.worker_id, config.setup_name, traceback.format_exc())
+        sys.stderr.flush()
+        os._exit(EXIT_SETUP_FAILED)
 
 
 def _limit_memory(limit: int) -> None:
