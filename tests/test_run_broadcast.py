@@ -112,8 +112,8 @@ def test_released_objects_are_dropped_by_the_workers(three_workers: Client, conn
     assert holding and forgotten(three_workers) == 0
     ref.release()
     assert ref.released
-    with pytest.raises(PlbError, match="released"):
-        three_workers.submit(len, ref)
+    with pytest.raises(PlbError, match="released"):  # like any argument that cannot be pickled
+        three_workers.submit(len, ref).result(timeout=30)
     wait_for(lambda: forgotten(three_workers) == len(holding), what="workers to forget the released object")
     # a reference nobody holds any more is released when it is garbage collected
     other = three_workers.broadcast([1, 2, 3])
@@ -138,7 +138,7 @@ def test_a_task_naming_an_unknown_object_is_rejected(ready_client: Client) -> No
     with pytest.raises(SerializationError, match="only as an argument"):
         ready_client.run(lambda r: r, forged)
     with pytest.raises(SerializationError, match="only as an argument"):
-        ready_client.submit(lambda: forged)
+        ready_client.submit(lambda: forged).result(timeout=30)
 
 
 def test_setup_hook_runs_in_every_new_worker_including_replacements(
