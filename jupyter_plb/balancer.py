@@ -738,6 +738,9 @@ class Balancer:
         workers = msg.header.get("workers")
         if isinstance(workers, list):
             hub.alive = {str(w) for w in workers[:100_000]}
+        usage = msg.header.get("usage")
+        if isinstance(usage, dict):
+            self._record_usage(hub, usage)
         state = msg.header.get("state")
         if state == "draining":
             self._drain_hub(hub)
@@ -754,6 +757,16 @@ class Balancer:
             "balancer": self.id,
             "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
         })
+
+    @staticmethod
+    def _record_usage(hub: Hub, usage: dict[str, Any]) -> None:
+        """A heartbeat's CPU percent and resident bytes per worker, shown in the snapshot."""
+        for worker_id, winfo in hub.workers.items():
+            sample = usage.get(worker_id)
+            if isinstance(sample, dict):
+                for key in ("cpu", "rss"):
+                    value = sample.get(key)
+                    winfo[key] = value if _finite(value) and value >= 0 else None
 
     def _on_worker_ready(self, msg: Message) -> None:
         h = msg.header
@@ -784,6 +797,8 @@ class Balancer:
             "max_p": max_p,
             "process_p": int(h.get("process_p", 0)),
             "done": 0,
+            "cpu": None,
+            "rss": None,
         }
         log.info("LB - ADDING WORKER (%s)", worker_id)
         self._reclaim(worker_id, h.get("tasks", []))
@@ -883,7 +898,8 @@ class Balancer:
         worker_id = str(msg.header.get("worker"))
         reason = str(msg.header.get("reason", "the worker process died"))[:1000]
         retired = bool(msg.header.get("retired"))
-        self._lose_worker(worker_id, reason, count_attempt=not retired, retired=retired)
+        error = "WorkerMemoryExceeded" if msg.header.get("error") == "WorkerMemoryExceeded" else "WorkerLost"
+        self._lose_worker(worker_id, reason, count_attempt=not retired, retired=retired, error=error)
 
     def _on_worker_bye(self, msg: Message) -> None:
         """A worker retires (task quota reached, hub draining): after its last results, in order."""
@@ -954,11 +970,13 @@ class Balancer:
         return next((h for h in self.hubs.values() if worker_id in h.workers), None)
 
     def _lose_worker(
-        self, worker_id: str, reason: str, *, count_attempt: bool, retired: bool = False
+        self, worker_id: str, reason: str, *, count_attempt: bool, retired: bool = False,
+        error: str = "WorkerLost",
     ) -> None:
         """A worker is gone: its running task is retried or fails, its prefetched ones requeue.
 
         ``retired``: it left cleanly (recycled, drained); its tasks requeue, nothing is "lost".
+        ``error``: the failed task's error type (``WorkerMemoryExceeded`` when its hub killed it).
         """
         hub = self._hub_of(worker_id)
         if hub is not None:
@@ -980,7 +998,7 @@ class Balancer:
             if index == 0 and count_attempt:
                 task.attempts += 1
                 if task.attempts > task.retries:
-                    self._fail(task, "WorkerLost", f"worker {worker_id} was lost: {reason}", now)
+                    self._fail(task, error, f"worker {worker_id} was lost: {reason}", now)
                     continue
             self._requeue(task)
         self._recheck_unschedulable()

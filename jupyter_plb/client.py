@@ -40,6 +40,7 @@ from .errors import (
     TaskTimeout,
     UnknownTask,
     WorkerLost,
+    WorkerMemoryExceeded,
 )
 from .protocol import Buffer, Message, Session
 from .worker import VERSIONS
@@ -169,6 +170,8 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
     exc: BaseException | None = None
     if kind == "WorkerLost":
         exc = WorkerLost(message)
+    elif kind == "WorkerMemoryExceeded":
+        exc = WorkerMemoryExceeded(message)
     elif kind == "TaskTimeout":
         exc = TaskTimeout(message)
     elif kind == "TaskRejected":

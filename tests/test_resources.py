@@ -151,3 +151,33 @@ def test_plb_hub_workers_auto_in_a_pinned_process(tmp_path: Path, cluster: objec
         assert len(psutil.Process(hub.pid).children()) == 1
     finally:
         stop_process(hub)
+
+
+def spin_until(gate: str) -> int:
+    import time
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        pass
+    return os.getpid()
+
+
+def test_heartbeats_carry_each_workers_cpu_and_resident_memory(
+    ready_client: Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    busy = ready_client.submit(spin_until, str(gate))
+
+    def sampled() -> list[dict[str, object]] | None:
+        workers = [w for h in ready_client.status()["hubs"] for w in h["workers"]]
+        spinning = [w for w in workers if w["state"] == "busy" and (w["cpu"] or 0) >= 20]
+        return workers if spinning and all((w["rss"] or 0) > 5 << 20 for w in workers) else None
+
+    try:
+        workers = wait_for(sampled, what="a heartbeat showing the spinning worker's CPU and every RSS")
+    finally:
+        gate.touch()
+    pid = busy.result(timeout=30)
+    (spinner,) = [w for w in workers if w["pid"] == pid]
+    assert 20 <= spinner["cpu"] <= 150
+    assert all(w["rss"] < 1 << 30 for w in workers)
