@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol, security, sockets
+from . import __version__, connection, parameters, protocol, security, sockets, versions
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
@@ -50,6 +50,8 @@ MAX_RETRIES = 100
 ORPHAN_GRACE = 3
 #: Slots whose tasks take less than this on average get prefetched tasks.
 PREFETCH_BELOW = 0.005
+#: Clients told when a hub joins (so that they can warn of version skew), most recent hellos.
+MAX_HUB_LISTENERS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -144,6 +146,8 @@ class Balancer:
         self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
         self._went_idle: set[str] = set()
+        #: Clients that said hello, told of every hub that joins (``hub_joined``).
+        self._hub_listeners: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._after_commit: list[tuple[bytes, dict[str, Any]]] = []
         self._loop_thread = 0
         self._result_bytes = 0
@@ -480,7 +484,14 @@ class Balancer:
             "max_queued_per_user": self.params["LB_QUEING_MAXPERUSER"],
             "result_retention": self.params["LB_RESULT_RETENTION"],
             "user": self.sender,  # with Curve: the user id its certificate binds the client to
+            "hubs": [self._hub_versions(hub) for hub in itertools.islice(self.hubs.values(), 1000)
+                     if hub.state != "lost"],
         })
+        assert msg.identity is not None
+        self._hub_listeners[msg.identity] = None
+        self._hub_listeners.move_to_end(msg.identity)
+        if len(self._hub_listeners) > MAX_HUB_LISTENERS:
+            self._hub_listeners.popitem(last=False)
         outstanding = msg.header.get("outstanding") or []
         if isinstance(outstanding, list):
             unknown = []
@@ -704,9 +715,11 @@ class Balancer:
             raise TaskRejected("too many hubs connected (LB_MAX_PEERS)")
         routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
         hub = self.hubs.get(hub_id)
+        joined = hub is None or hub.state == "lost"
         if hub is None:
             hub = self.hubs[hub_id] = Hub(hub_id, "", "", 0, routes, cert=self.sender)
             log.info("LB - ADDING HUB (%s) from %s", hub_id, h.get("host"))
+        known_versions = (hub.python, hub.cloudpickle)
         hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
         hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
         hub.pid = int(h.get("pid", 0))
@@ -718,12 +731,29 @@ class Balancer:
         hub.state = "ok"
         if h.get("state") == "draining":
             self._drain_hub(hub)
+        if joined or known_versions != (hub.python, hub.cloudpickle):
+            self._announce_hub(hub)
         assert msg.identity is not None
         self._send("workers", msg.identity, {
             "type": "hub_welcome",
             "balancer": self.id,
             "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
         })
+
+    @staticmethod
+    def _hub_versions(hub: Hub) -> dict[str, Any]:
+        return {"id": hub.id, "name": hub.name, "host": hub.host, "python": hub.python,
+                "cloudpickle": hub.cloudpickle}
+
+    def _announce_hub(self, hub: Hub) -> None:
+        """Tell the clients that said hello of a hub that joined, with its versions."""
+        skew = versions.skew(self._hub_versions(hub), here="this balancer")
+        if skew:
+            log.warning("LB - VERSION SKEW: %s", skew)
+        header = {"type": "hub_joined", "hub": self._hub_versions(hub)}
+        for identity in list(self._hub_listeners):
+            if not self._send("clients", identity, header):
+                del self._hub_listeners[identity]  # gone (the socket is ROUTER_MANDATORY)
 
     def _on_heartbeat(self, msg: Message) -> None:
         hub = self.hubs.get(str(msg.header.get("hub")))
@@ -1450,6 +1480,7 @@ class Balancer:
                 "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
                 "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
                 "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
+                "version_skew": versions.skew(self._hub_versions(hub), here="this balancer"),
                 "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
@@ -1469,6 +1500,7 @@ class Balancer:
                 if info else {},
                 "host": stdsocket.gethostname(),
                 "pid": os.getpid(),
+                **versions.LOCAL,
             },
             "health": self.health,
             "totals": {

@@ -127,9 +127,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import Client
+    import warnings
 
-    with Client(connection_file=args.connect) as client:
+    from .client import Client
+    from .errors import VersionSkewWarning
+    from .versions import skew
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VersionSkewWarning)  # said below, next to the hub
+        client = Client(connection_file=args.connect)
+    with client:
         status: dict[str, Any] = client.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -141,6 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for hub in status["hubs"]:
         busy = sum(w["state"] == "busy" for w in hub["workers"])
         print(f"  hub {hub['name']} ({hub['host']}) {hub['state']}: {len(hub['workers'])} workers, {busy} busy")
+        if (difference := skew(hub)) is not None:
+            print(f"    warning: {difference}")
     for user in status["users"]:
         print(f"  user {user['user']}: queued {user['queued']}, running {user['running']}, done {user['done']}")
     return 0
