@@ -59,6 +59,11 @@ class FakeHub:
     def register(self) -> None:
         protocol.send(self.socket, self.session.serialize(self.hello))
 
+    def beat(self) -> None:
+        protocol.send(self.socket, self.session.serialize(
+            {"type": "heartbeat", "hub": self.id, "state": "ok", "workers": []}
+        ))
+
     def close(self) -> None:
         self.socket.close(linger=0)
         self.context.term()
