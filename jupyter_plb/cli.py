@@ -255,7 +255,7 @@ def _add_remote_hub_options(p: argparse.ArgumentParser) -> None:
                    help="named tasks the hubs offer (importable on the remote side)")
     p.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                    help="seconds running tasks get when a hub is stopped (default 30)")
-    p.add_argument("--memory-limit", metavar="SIZE", help="address space per worker, e.g. 2G")
+    p.add_argument("--memory-limit", metavar="SIZE", help="resident memory per worker, e.g. 2G")
     p.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
                    help="replace a worker after N tasks")
 
@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
                      help="replace a worker by a fresh one after N tasks (default: never)")
     hub.add_argument("--memory-limit", metavar="SIZE",
-                     help="address space per worker, e.g. 2G; a task over it fails with MemoryError")
+                     help="resident memory per worker, e.g. 2G; a worker over it is killed and replaced, "
+                          "its task fails with WorkerMemoryExceeded")
     hub.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                      help="on SIGTERM or Ctrl-C, running tasks get this long to finish before they "
                           "are handed back (default 30; a second signal stops at once)")
