@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol, security, sockets
+from . import __version__, connection, parameters, protocol, security, sockets, versions
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
@@ -50,6 +50,8 @@ MAX_RETRIES = 100
 ORPHAN_GRACE = 3
 #: Slots whose tasks take less than this on average get prefetched tasks.
 PREFETCH_BELOW = 0.005
+#: Clients told when a hub joins (so that they can warn of version skew), most recent hellos.
+MAX_HUB_LISTENERS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -162,6 +164,8 @@ class Balancer:
         self.store: TaskStore = MemoryStore()
         self._stealing: dict[str, tuple[str, str]] = {}
         self._went_idle: set[str] = set()
+        #: Clients that said hello, told of every hub that joins (``hub_joined``).
+        self._hub_listeners: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._after_commit: list[tuple[bytes, dict[str, Any]]] = []
         self._loop_thread = 0
         self._result_bytes = 0
@@ -499,7 +503,14 @@ class Balancer:
             "max_queued_per_user": self.params["LB_QUEING_MAXPERUSER"],
             "result_retention": self.params["LB_RESULT_RETENTION"],
             "user": self.sender,  # with Curve: the user id its certificate binds the client to
+            "hubs": [self._hub_versions(hub) for hub in itertools.islice(self.hubs.values(), 1000)
+                     if hub.state != "lost"],
         })
+        assert msg.identity is not None
+        self._hub_listeners[msg.identity] = None
+        self._hub_listeners.move_to_end(msg.identity)
+        if len(self._hub_listeners) > MAX_HUB_LISTENERS:
+            self._hub_listeners.popitem(last=False)
         outstanding = msg.header.get("outstanding") or []
         if isinstance(outstanding, list):
             unknown = []
@@ -828,9 +839,11 @@ class Balancer:
             raise TaskRejected("too many hubs connected (LB_MAX_PEERS)")
         routes = frozenset(str(r)[:MAX_NAME_LENGTH] for r in h.get("routes", [])[:10_000])
         hub = self.hubs.get(hub_id)
+        joined = hub is None or hub.state == "lost"
         if hub is None:
             hub = self.hubs[hub_id] = Hub(hub_id, "", "", 0, routes, cert=self.sender)
             log.info("LB - ADDING HUB (%s) from %s", hub_id, h.get("host"))
+        known_versions = (hub.python, hub.cloudpickle)
         hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
         hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
         hub.pid = int(h.get("pid", 0))
@@ -842,12 +855,29 @@ class Balancer:
         hub.state = "ok"
         if h.get("state") == "draining":
             self._drain_hub(hub)
+        if joined or known_versions != (hub.python, hub.cloudpickle):
+            self._announce_hub(hub)
         assert msg.identity is not None
         self._send("workers", msg.identity, {
             "type": "hub_welcome",
             "balancer": self.id,
             "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
         })
+
+    @staticmethod
+    def _hub_versions(hub: Hub) -> dict[str, Any]:
+        return {"id": hub.id, "name": hub.name, "host": hub.host, "python": hub.python,
+                "cloudpickle": hub.cloudpickle}
+
+    def _announce_hub(self, hub: Hub) -> None:
+        """Tell the clients that said hello of a hub that joined, with its versions."""
+        skew = versions.skew(self._hub_versions(hub), here="this balancer")
+        if skew:
+            log.warning("LB - VERSION SKEW: %s", skew)
+        header = {"type": "hub_joined", "hub": self._hub_versions(hub)}
+        for identity in list(self._hub_listeners):
+            if not self._send("clients", identity, header):
+                del self._hub_listeners[identity]  # gone (the socket is ROUTER_MANDATORY)
 
     def _on_heartbeat(self, msg: Message) -> None:
         hub = self.hubs.get(str(msg.header.get("hub")))
@@ -862,6 +892,9 @@ class Balancer:
         workers = msg.header.get("workers")
         if isinstance(workers, list):
             hub.alive = {str(w) for w in workers[:100_000]}
+        usage = msg.header.get("usage")
+        if isinstance(usage, dict):
+            self._record_usage(hub, usage)
         state = msg.header.get("state")
         if state == "draining":
             self._drain_hub(hub)
@@ -878,6 +911,16 @@ class Balancer:
             "balancer": self.id,
             "heartbeat": self.params["LB_HEARTBEAT_INTERVAL"],
         })
+
+    @staticmethod
+    def _record_usage(hub: Hub, usage: dict[str, Any]) -> None:
+        """A heartbeat's CPU percent and resident bytes per worker, shown in the snapshot."""
+        for worker_id, winfo in hub.workers.items():
+            sample = usage.get(worker_id)
+            if isinstance(sample, dict):
+                for key in ("cpu", "rss"):
+                    value = sample.get(key)
+                    winfo[key] = value if _finite(value) and value >= 0 else None
 
     def _on_worker_ready(self, msg: Message) -> None:
         h = msg.header
@@ -908,6 +951,8 @@ class Balancer:
             "max_p": max_p,
             "process_p": int(h.get("process_p", 0)),
             "done": 0,
+            "cpu": None,
+            "rss": None,
         }
         log.info("LB - ADDING WORKER (%s)", worker_id)
         self._reclaim(worker_id, h.get("tasks", []))
@@ -1008,7 +1053,8 @@ class Balancer:
         worker_id = str(msg.header.get("worker"))
         reason = str(msg.header.get("reason", "the worker process died"))[:1000]
         retired = bool(msg.header.get("retired"))
-        self._lose_worker(worker_id, reason, count_attempt=not retired, retired=retired)
+        error = "WorkerMemoryExceeded" if msg.header.get("error") == "WorkerMemoryExceeded" else "WorkerLost"
+        self._lose_worker(worker_id, reason, count_attempt=not retired, retired=retired, error=error)
 
     def _on_worker_bye(self, msg: Message) -> None:
         """A worker retires (task quota reached, hub draining): after its last results, in order."""
@@ -1080,11 +1126,13 @@ class Balancer:
         return next((h for h in self.hubs.values() if worker_id in h.workers), None)
 
     def _lose_worker(
-        self, worker_id: str, reason: str, *, count_attempt: bool, retired: bool = False
+        self, worker_id: str, reason: str, *, count_attempt: bool, retired: bool = False,
+        error: str = "WorkerLost",
     ) -> None:
         """A worker is gone: its running task is retried or fails, its prefetched ones requeue.
 
         ``retired``: it left cleanly (recycled, drained); its tasks requeue, nothing is "lost".
+        ``error``: the failed task's error type (``WorkerMemoryExceeded`` when its hub killed it).
         """
         hub = self._hub_of(worker_id)
         if hub is not None:
@@ -1107,7 +1155,7 @@ class Balancer:
             if index == 0 and count_attempt:
                 task.attempts += 1
                 if task.attempts > task.retries:
-                    self._fail(task, "WorkerLost", f"worker {worker_id} was lost: {reason}", now)
+                    self._fail(task, error, f"worker {worker_id} was lost: {reason}", now)
                     continue
             self._requeue(task)
         self._recheck_unschedulable()
@@ -1592,6 +1640,7 @@ class Balancer:
                 "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
                 "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
                 "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
+                "version_skew": versions.skew(self._hub_versions(hub), here="this balancer"),
                 "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
@@ -1611,6 +1660,7 @@ class Balancer:
                 if info else {},
                 "host": stdsocket.gethostname(),
                 "pid": os.getpid(),
+                **versions.LOCAL,
             },
             "health": self.health,
             "totals": {

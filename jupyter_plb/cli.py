@@ -19,6 +19,31 @@ def _parameters(args: argparse.Namespace) -> parameters.Parameters:
     return parameters.load(args.parameters) if args.parameters else parameters.load()
 
 
+#: ``--workers`` without a number, or ``--workers auto``: one worker per CPU this process may use.
+AUTO = "auto"
+
+
+def _worker_count(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of workers or 'auto' is needed, got {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("the number of workers must be >= 0")
+    return count
+
+
+def _workers(value: int | str | None) -> int | None:
+    """A ``--workers`` value as a count: ``auto`` is the CPUs this process may use (resources.py)."""
+    from .resources import usable_cpus
+
+    if value == AUTO:
+        return usable_cpus()
+    return value if isinstance(value, int) else None
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from .launch import startAll
 
@@ -31,8 +56,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     cluster = startAll(params, monitor=not args.no_monitor, connection_file=args.connection_file)
     print(f"balancer {cluster.balancer.id} running; connection file: {cluster.connection_file}")
     print(f"start hubs elsewhere with: plb hub --connect {cluster.connection_file}")
-    if args.workers:
-        cluster.start_hub(args.workers)
+    workers = _workers(args.workers)
+    if workers:
+        cluster.start_hub(workers)
     sys.stdout.flush()
     cluster.wait()
     return 0
@@ -45,7 +71,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
     hub = WorkerHub(
         params if args.parameters else None,
         connection_file=args.connect,
-        workers=args.workers,
+        workers=_workers(args.workers),
         name=args.name,
         local=args.local,
         max_tasks_per_worker=args.max_tasks_per_worker,
@@ -79,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with startAll(params, connection_file=runtime) as cluster:
         print(f"balancer {cluster.balancer.id} started; connection file {cluster.connection_file}")
-        cluster.start_hub(args.workers, name="demo-hub")
+        cluster.start_hub(_workers(args.workers) or 1, name="demo-hub")
         with Client(connection_file=cluster.connection_file) as client:
             first = client.submit(_square, 3).result(timeout=60)
             print(f"first result {first} after {time.perf_counter() - started:.2f} s")
@@ -98,9 +124,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import Client
+    import warnings
 
-    with Client(connection_file=args.connect) as client:
+    from .client import Client
+    from .errors import VersionSkewWarning
+    from .versions import skew
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VersionSkewWarning)  # said below, next to the hub
+        client = Client(connection_file=args.connect)
+    with client:
         status: dict[str, Any] = client.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -112,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for hub in status["hubs"]:
         busy = sum(w["state"] == "busy" for w in hub["workers"])
         print(f"  hub {hub['name']} ({hub['host']}) {hub['state']}: {len(hub['workers'])} workers, {busy} busy")
+        if (difference := skew(hub)) is not None:
+            print(f"    warning: {difference}")
     for user in status["users"]:
         print(f"  user {user['user']}: queued {user['queued']}, running {user['running']}, done {user['done']}")
     return 0
@@ -217,7 +252,7 @@ def _add_remote_hub_options(p: argparse.ArgumentParser) -> None:
                    help="named tasks the hubs offer (importable on the remote side)")
     p.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                    help="seconds running tasks get when a hub is stopped (default 30)")
-    p.add_argument("--memory-limit", metavar="SIZE", help="address space per worker, e.g. 2G")
+    p.add_argument("--memory-limit", metavar="SIZE", help="resident memory per worker, e.g. 2G")
     p.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
                    help="replace a worker after N tasks")
 
@@ -259,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--parameters", "-p", help="parameters.json (seed keys)")
     start.add_argument("--connection-file", help="where to write plb-connection.json")
     start.add_argument("--no-monitor", action="store_true", help="do not serve the monitor page")
-    start.add_argument("--workers", type=int, default=0, help="also start a local hub with N workers")
+    start.add_argument("--workers", type=_worker_count, nargs="?", const=AUTO, default=0, metavar="N",
+                       help="also start a local hub with N workers (without N: one per CPU this "
+                            "process may use, counting its CPU affinity and cgroup quota)")
     start.add_argument("--bind", metavar="ADDRESS",
                        help="interface the balancer listens on, e.g. 0.0.0.0 (LB_BIND_IP; "
                             "default: the advertised address)")
@@ -271,14 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     hub = sub.add_parser("hub", help="run a worker hub (on this or another machine)")
     hub.add_argument("--connect", "-c", help="the balancer's plb-connection.json")
     hub.add_argument("--parameters", "-p", help="parameters.json: WKHUB_WORKERS groups, LB_IP, ports")
-    hub.add_argument("--workers", "-n", type=int, help="N workers taking any priority (default: WKHUB_WORKERS)")
+    hub.add_argument("--workers", "-n", type=_worker_count, nargs="?", const=AUTO, metavar="N",
+                     help="N workers taking any priority; without N (or 'auto'): one per CPU this "
+                          "process may use (affinity, cgroup quota) (default: WKHUB_WORKERS)")
     hub.add_argument("--tasks", "-t", action="append", default=[], metavar="MODULE:ATTR",
                      help="named tasks to offer: a dict name -> function, or a function")
     hub.add_argument("--name", help="hub name shown in the monitor (default host:pid)")
     hub.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
                      help="replace a worker by a fresh one after N tasks (default: never)")
     hub.add_argument("--memory-limit", metavar="SIZE",
-                     help="address space per worker, e.g. 2G; a task over it fails with MemoryError")
+                     help="resident memory per worker, e.g. 2G; a worker over it is killed and replaced, "
+                          "its task fails with WorkerMemoryExceeded")
     hub.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                      help="on SIGTERM or Ctrl-C, running tasks get this long to finish before they "
                           "are handed back (default 30; a second signal stops at once)")
@@ -293,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--parameters", "-p", help="parameters.json")
     demo.add_argument("--connection-file", help="where to write plb-connection.json")
     demo.add_argument("--tasks", type=int, default=400, help="how many tasks (default 400)")
-    demo.add_argument("--workers", type=int, default=2, help="local workers (default 2)")
+    demo.add_argument("--workers", type=_worker_count, default=AUTO, metavar="N",
+                      help="local workers (default: one per CPU this process may use)")
     demo.add_argument("--keep-running", action="store_true", help="keep serving the monitor afterwards")
     demo.set_defaults(func=cmd_demo)
 

@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from . import connection, parameters, protocol, security, sockets
+from . import connection, parameters, protocol, security, sockets, versions
 from .display import BatchCounter
 from .errors import (
     BalancerUnreachable,
@@ -44,7 +45,9 @@ from .errors import (
     TaskRejected,
     TaskTimeout,
     UnknownTask,
+    VersionSkewWarning,
     WorkerLost,
+    WorkerMemoryExceeded,
 )
 from .protocol import Buffer, Message, Session
 from .worker import VERSIONS, broadcast_value
@@ -242,6 +245,8 @@ def _rebuild_exception(info: dict[str, Any], buffers: Sequence[Buffer]) -> BaseE
     exc: BaseException | None = None
     if kind == "WorkerLost":
         exc = WorkerLost(message)
+    elif kind == "WorkerMemoryExceeded":
+        exc = WorkerMemoryExceeded(message)
     elif kind == "TaskTimeout":
         exc = TaskTimeout(message)
     elif kind == "TaskRejected":
@@ -291,6 +296,8 @@ class _Connection:
         self.balancer_id: str | None = None
         self.max_queued_per_user = 0
         self.result_retention = 60.0
+        #: Hub id -> what differs between its Python/cloudpickle versions and this client's.
+        self.version_skew: dict[str, str] = {}
         self.closed = False
         #: The I/O thread ends after this turn and releases the sockets (nothing holds the connection).
         self._stopping = False
@@ -500,6 +507,20 @@ class _Connection:
         retention = msg.header.get("result_retention")
         if isinstance(retention, int | float) and retention >= 0:
             self.result_retention = float(retention)
+        self.check_versions(msg.header.get("hubs"), stacklevel=4)  # Client() in the user's code
+
+    def check_versions(self, hubs: Any, stacklevel: int = 2) -> None:
+        """Warn (VersionSkewWarning) of each hub whose Python minor or cloudpickle version is not ours."""
+        for hub in hubs if isinstance(hubs, list) else []:
+            if not isinstance(hub, dict):
+                continue
+            hub_id = str(hub.get("id"))
+            skew = versions.skew(hub)
+            if skew is None:
+                self.version_skew.pop(hub_id, None)
+            elif self.version_skew.get(hub_id) != skew:
+                self.version_skew[hub_id] = skew
+                warnings.warn(skew, VersionSkewWarning, stacklevel=stacklevel)
 
     def cancel(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         msg = self.request({"type": "cancel", "ids": ids})
@@ -615,6 +636,9 @@ class _Connection:
             if balancer != self.balancer_id:
                 self.balancer_id = balancer
                 self._resend_unacked()
+            self.check_versions(msg.header.get("hubs"))
+        elif msg.type == "hub_joined":
+            self.check_versions([msg.header.get("hub")])
         elif msg.type == "submitted":
             self._on_submitted(msg)
         elif msg.type == "progress":
@@ -1294,6 +1318,12 @@ class Client(_Submitter):
     @property
     def user(self) -> str:
         return self._defaults["user"]
+
+    @property
+    def version_skew(self) -> dict[str, str]:
+        """Hub id -> how its Python minor or cloudpickle version differs from this client's
+        (each was warned of with a VersionSkewWarning when the client connected or the hub joined)."""
+        return dict(self._connection.version_skew)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Like ``Executor.shutdown``: optionally cancel the tasks not started yet, wait, then disconnect."""

@@ -22,7 +22,9 @@ __all__ = [
     "TaskRejected",
     "TaskTimeout",
     "UnknownTask",
+    "VersionSkewWarning",
     "WorkerLost",
+    "WorkerMemoryExceeded",
 ]
 
 
@@ -98,11 +100,24 @@ class WorkerLost(TaskFailed, BrokenProcessPool):
         super().__init__("WorkerLost", message)
 
 
+class WorkerMemoryExceeded(WorkerLost, MemoryError):
+    """The worker's resident memory went over its hub's ``--memory-limit``: it was killed and
+    replaced, and the task it ran failed (or was retried, if its ``retries`` allow)."""
+
+    def __init__(self, message: str) -> None:
+        TaskFailed.__init__(self, "WorkerMemoryExceeded", message)
+
+
 class TaskTimeout(TaskFailed, TimeoutError):
     """The task ran longer than its ``timeout``; its worker was killed and replaced."""
 
     def __init__(self, message: str) -> None:
         super().__init__("TaskTimeout", message)
+
+
+class VersionSkewWarning(UserWarning):
+    """A hub runs another Python minor or cloudpickle version than this client: its tasks may
+    fail to unpickle there."""
 
 
 class RemoteTraceback(Exception):

@@ -25,11 +25,12 @@ from . import connection
 from .balancer import Balancer
 from .healthcheck import HealthCheck
 from .monitor.handlers import jupyter_handlers
-from .monitor.localhub import LocalHub, cpu_count
+from .monitor.localhub import LocalHub
 from .monitor.service import SETTINGS_KEY, MonitorService
 from .parameters import Parameters
 from .parameters import load as load_parameters
 from .parameters import validate as validate_parameters
+from .resources import usable_cpus
 
 #: Balancer ports that are free ports (0) inside Jupyter unless the configuration names them.
 PORT_KEYS = ("LB_CLIENTPULLPORT", "LB_WKPULLPORT", "LB_HCREPPORT")
@@ -78,14 +79,15 @@ class PlbExtension(ExtensionApp):
     )
     local_workers = Int(
         config=True,
-        help="""Worker processes of the local hub started with the server (default: one per CPU).
-        0 starts no local hub (POST /plb/api/hub/local can still start one, with one worker per
-        CPU unless it says how many).""",
+        help="""Worker processes of the local hub started with the server (default: one per CPU this
+        server may use: its CPU affinity, capped by its cgroup's CPU quota, so a JupyterHub user's
+        container limited to 2 CPUs starts 2 workers). 0 starts no local hub (POST
+        /plb/api/hub/local can still start one, as many workers unless it says how many).""",
     )
 
     @default("local_workers")
     def _default_local_workers(self) -> int:
-        return cpu_count()
+        return usable_cpus()
 
     @validate("local_workers")
     def _check_local_workers(self, proposal: dict[str, Any]) -> int:
@@ -117,7 +119,7 @@ class PlbExtension(ExtensionApp):
         self.balancer = Balancer(params, connection_file=path)
         self.healthcheck = HealthCheck(params, connection_file=path)
         self.monitor = MonitorService(
-            self.balancer, LocalHub(path, self.local_workers or cpu_count())
+            self.balancer, LocalHub(path, self.local_workers or usable_cpus())
         )
         self.settings[SETTINGS_KEY] = self.monitor
         self._route_logs()

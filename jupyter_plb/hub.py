@@ -7,6 +7,12 @@ On another machine (``plb hub --connect FILE``) it outlives its balancer: when t
 silent it retries with backoff and registers again, workers included, when one answers. SIGTERM or
 Ctrl-C drains it: no new tasks, running ones get ``grace`` seconds, the rest are handed back. A
 worker may retire after ``max_tasks_per_worker`` tasks and have a memory limit (docs/multihost.md).
+
+With each heartbeat the hub reports its workers' CPU use and resident memory (read from ``/proc``);
+with a memory limit it reads their resident memory every MEMORY_CHECK_INTERVAL seconds and kills a
+worker over the limit, as Dask's nanny does: its task fails with ``WorkerMemoryExceeded`` (or is
+retried) and a fresh worker takes its place. Address space is not limited: libraries that reserve
+large virtual ranges (BLAS, CUDA, memory-mapped files) run as they would anywhere.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from . import connection, parameters, protocol, security, sockets
+from . import connection, parameters, protocol, resources, security, sockets
 from .connection import ConnectionInfo
 from .errors import PlbError
 from .protocol import Message, Session
@@ -54,6 +60,8 @@ SILENT_AFTER = 3
 MAX_RETRY_INTERVAL = 10.0
 #: Seconds a stopping hub gives running tasks to finish (``plb hub --grace``).
 DEFAULT_GRACE = 30.0
+#: Seconds between two reads of the workers' resident memory when a memory limit is set.
+MEMORY_CHECK_INTERVAL = 0.25
 
 _WORKER_COMMAND = "from jupyter_plb.worker import run_from_stdin; run_from_stdin()"
 
@@ -80,6 +88,11 @@ class _WorkerProcess:
     control: int
     started: float
     kill_requested: bool = False
+    #: Why the hub killed it for its memory (the task's WorkerMemoryExceeded message), or None.
+    memory_exceeded: str | None = None
+    #: CPU seconds and the monotonic time at the last heartbeat, for its CPU percent.
+    cpu_seconds: float = 0.0
+    sampled: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -108,7 +121,8 @@ class WorkerHub:
         """``grace``: seconds running tasks get when the hub is asked to stop (SIGTERM, Ctrl-C,
         :meth:`drain`); default 30, or 0 for a ``local`` hub (started with its balancer, stopped
         with it). ``max_tasks_per_worker``: a worker retires after that many tasks and a fresh one
-        takes its place. ``memory_limit``: bytes of address space per worker (RLIMIT_AS).
+        takes its place. ``memory_limit``: bytes of resident memory per worker (0: none); a worker
+        over it is killed and replaced, and its task fails with ``WorkerMemoryExceeded``.
         ``exit_with_stdin``: drain when standard input closes (how ``plb ssh`` stops its hubs).
         ``setup``: a function (or ``"module:function"``) each new worker calls before it takes
         tasks; a worker whose setup raises is not started again and the hub reports itself unhealthy.
@@ -146,6 +160,7 @@ class WorkerHub:
         self._session: Session | None = None
         self._info: ConnectionInfo | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._memory_check: asyncio.TimerHandle | None = None
         self._last_ack = 0.0
         self._last_hello = 0.0
         self._started = 0.0
@@ -207,6 +222,8 @@ class WorkerHub:
             for _ in range(group["nWorkers"]):
                 self._spawn(group)
         self._beat()
+        if self.memory_limit:
+            self._check_memory()
         log.info(
             "WKHUB - %s (%s) started %d worker(s), connected to %s",
             self.name, self.id, len(self.workers), self._info.worker_url,
@@ -314,10 +331,9 @@ class WorkerHub:
 
     def _shutdown(self) -> None:
         self._stopping = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        for timer in self._drain_timers:
-            timer.cancel()
+        for timer in (self._heartbeat, self._memory_check, *self._drain_timers):
+            if timer is not None:
+                timer.cancel()
         self._send({"type": "hub_bye", "hub": self.id})
         for proc in list(self.workers.values()):
             self._stop_worker(proc)
@@ -454,8 +470,41 @@ class WorkerHub:
             "hub": self.id,
             "state": self.state,
             "workers": list(self.workers),
+            "usage": self._usage(),
         })
         self._heartbeat = self._loop.call_later(delay, self._beat)
+
+    def _usage(self) -> dict[str, dict[str, float | int | None]]:
+        """Each worker's CPU percent since the last heartbeat and its resident memory in bytes."""
+        now = time.monotonic()
+        usage: dict[str, dict[str, float | int | None]] = {}
+        for proc in self.workers.values():
+            seconds = resources.cpu_seconds(proc.process.pid)
+            cpu = None
+            if seconds is not None:
+                if proc.sampled and now > proc.sampled:
+                    cpu = round(max(0.0, seconds - proc.cpu_seconds) / (now - proc.sampled) * 100, 1)
+                proc.cpu_seconds, proc.sampled = seconds, now
+            usage[proc.id] = {"cpu": cpu, "rss": resources.resident_memory(proc.process.pid)}
+        return usage
+
+    def _check_memory(self) -> None:
+        """Kill each worker whose resident memory is over the limit; it is replaced on exit."""
+        assert self._loop is not None
+        for proc in self.workers.values():
+            if proc.memory_exceeded is not None:
+                continue
+            rss = resources.resident_memory(proc.process.pid)
+            if rss is not None and rss > self.memory_limit:
+                proc.memory_exceeded = (
+                    f"its resident memory reached {rss / (1 << 20):.0f} MiB, over the hub's limit of "
+                    f"{self.memory_limit / (1 << 20):.0f} MiB: it was killed and replaced (give the task "
+                    "less data, or the hub a higher plb hub --memory-limit)"
+                )
+                log.warning("WKHUB - killing worker %s: %s", proc.id, proc.memory_exceeded)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.process.kill()
+        self._memory_check = self._loop.call_later(MEMORY_CHECK_INTERVAL, self._check_memory)
 
     # -- workers -------------------------------------------------------------------------------
     def _spawn(self, group: dict[str, Any]) -> None:
@@ -474,7 +523,6 @@ class WorkerHub:
             control_fd=read_fd,
             max_message_size=self.params["LB_MAX_MESSAGE_SIZE"],
             max_tasks=self.max_tasks_per_worker,
-            memory_limit=self.memory_limit,
             curve=self._curve,
             setup=self._setup,
             setup_name=self.setup_name,
@@ -535,6 +583,9 @@ class WorkerHub:
             log.debug("WKHUB - worker %s retired", proc.id)
             self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id,
                         "reason": "it retired", "retired": True})
+        elif proc.memory_exceeded is not None:
+            self._send({"type": "worker_lost", "hub": self.id, "worker": proc.id,
+                        "reason": proc.memory_exceeded, "error": "WorkerMemoryExceeded"})
         else:
             if proc.kill_requested:
                 reason = "killed at the balancer's request"
@@ -567,10 +618,7 @@ class WorkerHub:
                 reason = f"killed by {signal.Signals(-code).name}"
             except ValueError:
                 reason = f"killed by signal {-code}"
-        if self.memory_limit and code != 0:
-            reason += (f"; it may have run out of its memory limit of "
-                       f"{self.memory_limit / (1 << 20):.0f} MiB (plb hub --memory-limit)")
-        elif code == -signal.SIGKILL:
+        if code == -signal.SIGKILL:
             reason += " (if nobody killed it, the system may have run out of memory)"
         return reason
 

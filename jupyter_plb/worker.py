@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import pickle
-import resource
 import signal
 import socket
 import sys
@@ -77,8 +76,6 @@ class WorkerConfig:
     max_message_size: int = 256 << 20
     #: Retire after this many tasks (0: never); the hub starts a fresh worker.
     max_tasks: int = 0
-    #: Address-space limit in bytes (RLIMIT_AS; 0: none): a task over it fails with MemoryError.
-    memory_limit: int = 0
     #: The hub's CurveZMQ keys (security.PeerKeys) when the balancer uses Curve.
     curve: Any = None
     #: The hub's setup hook, cloudpickled (b"": none), and its name for messages.
@@ -419,12 +416,6 @@ class _Worker:
             header["state"] = "done"
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
             header["state"] = "failed"
-            if isinstance(exc, MemoryError) and self.config.memory_limit:
-                limit = self.config.memory_limit / (1 << 20)
-                exc = MemoryError(" ".join(filter(None, [
-                    str(exc), f"(the task went over this worker's memory limit of {limit:.0f} MiB: "
-                    "plb hub --memory-limit)",
-                ]))).with_traceback(exc.__traceback__)
             header["error"] = _error_info(exc)
             with contextlib.suppress(Exception):
                 result_buffers = protocol.dumps(exc)
@@ -596,7 +587,6 @@ def main(config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _run_setup(config)
     _current = _Worker(config)
-    _limit_memory(config.memory_limit)
     code = 0
     try:
         _current.loop()
@@ -628,19 +618,6 @@ def _run_setup(config: WorkerConfig) -> None:
                   config.worker_id, config.setup_name, traceback.format_exc())
         sys.stderr.flush()
         os._exit(EXIT_SETUP_FAILED)
-
-
-def _limit_memory(limit: int) -> None:
-    """Cap the address space (RLIMIT_AS): allocations past it raise MemoryError in the task."""
-    if limit <= 0:
-        return
-    try:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("worker cannot limit its memory to %d bytes (%s); it runs unlimited", limit, exc)
 
 
 def run_from_stdin() -> None:

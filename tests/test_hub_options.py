@@ -17,7 +17,7 @@ import pytest
 
 from jupyter_plb import client as client_module
 from jupyter_plb.client import Client
-from jupyter_plb.errors import DeserializationError, TaskFailed, WorkerLost
+from jupyter_plb.errors import DeserializationError, TaskFailed, WorkerLost, WorkerMemoryExceeded
 from jupyter_plb.launch import LocalCluster, stop_process
 
 from .conftest import ROOT, wait_for, worker_count
@@ -29,6 +29,31 @@ def whoami(i: int) -> tuple[int, int]:
 
 def allocate(megabytes: int) -> int:
     return len(bytearray(megabytes << 20))
+
+
+def hold_resident(megabytes: int, first_only: str = "") -> int:
+    """Fill ``megabytes`` of memory (resident: every page written) and keep it for up to 60 s;
+    with ``first_only`` (a file path), only the first attempt does, a retry returns at once."""
+    if first_only:
+        if os.path.exists(first_only):
+            return os.getpid()
+        Path(first_only).touch()
+    data = b"x" * (megabytes << 20)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(data)
+
+
+def reserve_virtual(gigabytes: int) -> tuple[int, int]:
+    """Map ``gigabytes`` of address space without touching it (as BLAS or CUDA reserve it)."""
+    import mmap
+
+    region = mmap.mmap(-1, gigabytes << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    time.sleep(1.0)  # several of the hub's memory checks see the mapping
+    size = len(region)
+    region.close()
+    return size, os.getpid()
 
 
 def kill_self() -> None:
@@ -87,20 +112,51 @@ def test_max_tasks_per_worker_recycles_without_losing_or_failing(
     wait_for(lambda: worker_count(client) == 1, what="the last retired worker to be replaced")
 
 
-def test_memory_limit_fails_the_task_not_the_worker(
+def worker_pids(client: Client) -> set[int]:
+    return {w["pid"] for h in client.status()["hubs"] for w in h["workers"]}
+
+
+def test_memory_limit_kills_and_replaces_a_worker_over_it(
     client: Client, start_hub: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    start_hub(1, "--memory-limit", "600M")
+    start_hub(1, "--memory-limit", "100M")
     wait_for(lambda: worker_count(client) == 1, what="the worker to register")
     pid_before = client.submit(os.getpid).result(timeout=20)
-    with pytest.raises(MemoryError) as failed:
-        client.submit(allocate, 2048).result(timeout=20)
-    assert "memory limit of 600 MiB" in str(failed.value)
-    assert client.submit(allocate, 16).result(timeout=20) == 16 << 20, "small tasks still fit"
-    assert client.submit(os.getpid).result(timeout=20) == pid_before, "the worker survived"
+    started = time.monotonic()
+    with pytest.raises(WorkerMemoryExceeded) as exceeded:
+        client.submit(hold_resident, 200).result(timeout=30)
+    assert time.monotonic() - started < 30, "killed at once, not when the task ended"
+    assert isinstance(exceeded.value, WorkerLost) and isinstance(exceeded.value, MemoryError)
+    assert "over the hub's limit of 100 MiB" in str(exceeded.value)
+    assert "killed and replaced" in str(exceeded.value)
+    wait_for(lambda: worker_count(client) == 1 and pid_before not in worker_pids(client),
+             what="a fresh worker in place of the killed one")
+    pid_after = client.submit(os.getpid).result(timeout=20)
+    assert pid_after != pid_before
+    assert client.submit(allocate, 16).result(timeout=20) == 16 << 20, "tasks under the limit run"
+    assert client.submit(os.getpid).result(timeout=20) == pid_after, "and do not cost a worker"
     with pytest.raises(WorkerLost) as lost:
         client.submit(kill_self).result(timeout=20)
-    assert "killed by SIGKILL" in str(lost.value) and "memory limit of 600 MiB" in str(lost.value)
+    assert "killed by SIGKILL" in str(lost.value) and not isinstance(lost.value, WorkerMemoryExceeded)
+
+
+def test_memory_limit_retries_a_task_whose_worker_was_killed(
+    client: Client, start_hub: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    start_hub(1, "--memory-limit", "100M")
+    wait_for(lambda: worker_count(client) == 1, what="the worker to register")
+    pid_before = client.submit(os.getpid).result(timeout=20)
+    retried = client.options(retries=1).submit(hold_resident, 200, str(tmp_path / "first-attempt"))
+    assert retried.result(timeout=30) not in (pid_before, 200 << 20), "the retry ran on a fresh worker"
+
+
+def test_memory_limit_counts_resident_memory_not_address_space(
+    client: Client, start_hub: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    start_hub(1, "--memory-limit", "100M")
+    wait_for(lambda: worker_count(client) == 1, what="the worker to register")
+    pid_before = client.submit(os.getpid).result(timeout=20)
+    assert client.submit(reserve_virtual, 2).result(timeout=30) == (2 << 30, pid_before)
 
 
 def test_sigterm_drains_running_tasks_then_exits_0(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,6 @@ log = logging.getLogger(__name__)
 
 #: The most workers ``POST /plb/api/hub/local`` may ask for.
 MAX_WORKERS = 1024
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1
 
 
 class LocalHub:

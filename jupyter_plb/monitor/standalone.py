@@ -19,6 +19,7 @@ from tornado import httputil, web, websocket
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from ..resources import usable_cpus
 from . import API_CSP, PAGE_CSP, STATIC_DIR, dumps
 from .handlers import (
     EVENTS_PATTERN,
@@ -29,7 +30,7 @@ from .handlers import (
     PageRoute,
     Route,
 )
-from .localhub import LocalHub, cpu_count
+from .localhub import LocalHub
 from .service import SETTINGS_KEY, MonitorService
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class StandaloneMonitor:
         self.requested_port = params["MONITOR_PORT"]
         self.port = 0
         self.token = secrets.token_urlsafe(32)
-        self.local_workers = local_workers or cpu_count()
+        self.local_workers = local_workers or usable_cpus()
         self.service: MonitorService | None = None
         self._server: HTTPServer | None = None
 

@@ -28,6 +28,10 @@ export interface IWorker {
   max_p: number | null;
   pid: number | null;
   done: number;
+  /** CPU percent since the hub's last heartbeat (100 = one core), null until measured. */
+  cpu: number | null;
+  /** Resident memory in bytes, null until measured. */
+  rss: number | null;
   task: ITaskRef | null;
 }
 
@@ -40,6 +44,10 @@ export interface IHub {
   last_seen: number | null;
   local: boolean;
   tasks: string[];
+  python: string;
+  cloudpickle: string;
+  /** What differs between its Python/cloudpickle versions and the balancer's, or ''. */
+  version_skew: string;
   workers: IWorker[];
 }
 
@@ -224,6 +232,9 @@ export function normaliseSnapshot(raw: unknown): ISnapshot {
         last_seen: asNumberOrNull(h.last_seen),
         local: h.local === true,
         tasks: asList(h.tasks).map(asText),
+        python: asText(h.python),
+        cloudpickle: asText(h.cloudpickle),
+        version_skew: asText(h.version_skew),
         workers: asList(h.workers)
           .filter(isDict)
           .map(w => {
@@ -235,6 +246,8 @@ export function normaliseSnapshot(raw: unknown): ISnapshot {
               max_p: asNumberOrNull(w.max_p),
               pid: asNumberOrNull(w.pid),
               done: asCount(w.done),
+              cpu: asNumberOrNull(w.cpu),
+              rss: asNumberOrNull(w.rss),
               task: task
                 ? {
                     id: asText(task.id),
@@ -294,6 +307,25 @@ export function formatCount(value: number | null | undefined): string {
     }
   }
   return sign + String(v);
+}
+
+/** CPU percent: 12.4 → "12%", null → "–". */
+export function formatPercent(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) {
+    return '–';
+  }
+  return `${Math.round(value)}%`;
+}
+
+/** Bytes in binary units: 25_000_000 → "24 MiB", 3 << 30 → "3.0 GiB", null → "–". */
+export function formatBytes(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value) || value < 0) {
+    return '–';
+  }
+  if (value >= 2 ** 30) {
+    return `${(value / 2 ** 30).toFixed(1)} GiB`;
+  }
+  return `${Math.round(value / 2 ** 20)} MiB`;
 }
 
 /** Tasks per second: 0 → "0/s", 0.25 → "0.25/s", 812.5 → "812/s", 1500 → "1.5k/s". */
@@ -464,6 +496,10 @@ export interface IWorkerRow {
   taskUser: string;
   /** Time the current task has been running, e.g. "1.2s", or ''. */
   taskAge: string;
+  /** "12%" */
+  cpu: string;
+  /** Resident memory, "24 MiB" */
+  memory: string;
 }
 
 export interface IHubRow {
@@ -482,6 +518,10 @@ export interface IHubRow {
   summary: string;
   /** e.g. "0.1s ago" or '' when unknown. */
   lastSeen: string;
+  /** "Python 3.11.7 · cloudpickle 3.1.3", or '' when the hub did not say. */
+  versions: string;
+  /** The version-skew warning, or ''. */
+  versionSkew: string;
   workers: IWorkerRow[];
 }
 
@@ -550,7 +590,9 @@ export function workerRows(
       done: formatCount(w.done),
       taskName: task ? task.name || task.id : '',
       taskUser: task ? task.user : '',
-      taskAge: age
+      taskAge: age,
+      cpu: formatPercent(w.cpu),
+      memory: formatBytes(w.rss)
     };
   });
 }
@@ -590,6 +632,13 @@ export function hubRows(snapshot: ISnapshot): IHubRow[] {
         h.last_seen !== null && now !== null
           ? `${formatDuration(now - h.last_seen)} ago`
           : '',
+      versions: [
+        h.python ? `Python ${h.python}` : '',
+        h.cloudpickle ? `cloudpickle ${h.cloudpickle}` : ''
+      ]
+        .filter(v => v)
+        .join(' · '),
+      versionSkew: h.version_skew,
       workers
     };
   });

@@ -671,8 +671,9 @@ export class PlbPanel extends Widget {
     const state = el('span', 'jp-plb-badge');
     head.append(name, local, state);
     const meta = el('div', 'jp-plb-muted jp-plb-small jp-plb-ellipsis');
+    const skew = el('div', 'jp-plb-hub-skew jp-plb-small');
     const workers = el('div', 'jp-plb-workers');
-    node.append(head, meta, workers);
+    node.append(head, meta, skew, workers);
     const list = new KeyedList<IWorkerRow>(
       workers,
       () => this._createWorkerRow(),
@@ -686,10 +687,12 @@ export class PlbPanel extends Widget {
         setHidden(local, !hub.local);
         setText(state, hub.badge.label);
         setModifier(state, BADGE_MODS, hub.badge.className);
-        const parts = [hub.summary, hub.host, hub.pid ? `pid ${hub.pid}` : '', hub.lastSeen ? `seen ${hub.lastSeen}` : ''];
+        const parts = [hub.summary, hub.host, hub.pid ? `pid ${hub.pid}` : '', hub.lastSeen ? `seen ${hub.lastSeen}` : '', hub.versions];
         const metaText = parts.filter(p => p).join(' · ');
         setText(meta, metaText);
         meta.title = metaText;
+        setText(skew, hub.versionSkew ? `⚠ ${hub.versionSkew}` : '');
+        setHidden(skew, !hub.versionSkew);
         list.sync(hub.workers);
       }
     };
@@ -700,8 +703,9 @@ export class PlbPanel extends Widget {
     const dot = el('span', 'jp-plb-worker-dot');
     const range = el('span', 'jp-plb-worker-range');
     const task = el('span', 'jp-plb-worker-task jp-plb-ellipsis');
+    const usage = el('span', 'jp-plb-worker-usage');
     const done = el('span', 'jp-plb-worker-done');
-    node.append(dot, range, task, done);
+    node.append(dot, range, task, usage, done);
     return {
       node,
       update: w => {
@@ -714,10 +718,12 @@ export class PlbPanel extends Widget {
         }
         setText(range, w.range);
         setText(task, taskText);
+        setText(usage, `${w.cpu} · ${w.memory}`);
         setText(done, w.done);
         node.title =
           `${w.id} (${w.state})\npriorities ${w.range}\n` +
           (w.taskName ? `task: ${taskText}\n` : '') +
+          `CPU ${w.cpu}, resident memory ${w.memory}\n` +
           `${w.done} tasks done`;
       }
     };

@@ -62,6 +62,16 @@
     const n = num(x);
     return n === null ? '–' : intFmt.format(n);
   };
+  const fmtPercent = (x) => {
+    const n = num(x);
+    return n === null ? '–' : `${Math.round(n)} %`;
+  };
+  const fmtBytes = (x) => {
+    const n = num(x);
+    if (n === null) return '–';
+    if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
+    return `${Math.round(n / (1 << 20))} MiB`;
+  };
   const fmtRate = (x) => {
     const n = num(x);
     if (n === null) return '–';
@@ -622,7 +632,7 @@
     const tbody = document.createElement('tbody');
     const tr = el('tr', 'hub-row');
     const th = el('th');
-    th.colSpan = 8;
+    th.colSpan = 10;
     th.scope = 'rowgroup';
     th.appendChild(el('span', 'hub-name'));
     th.appendChild(el('span', 'pill'));
@@ -638,6 +648,10 @@
     th.appendChild(el('span', 'hub-meta hub-seen'));
     th.appendChild(el('span', 'hub-meta hub-tasks'));
     th.appendChild(el('span', 'hub-meta hub-id mono'));
+    th.appendChild(el('span', 'hub-meta hub-versions'));
+    const skew = el('div', 'hub-skew');
+    skew.hidden = true;
+    th.appendChild(skew);
     tr.appendChild(th);
     tbody.appendChild(tr);
     return tbody;
@@ -658,6 +672,11 @@
     setText(th.querySelector('.hub-tasks'), trunc(tasksText, 90));
     setTitle(th.querySelector('.hub-tasks'), tasksText);
     setText(th.querySelector('.hub-id'), hub.id || '');
+    const versions = [hub.python ? `Python ${str(hub.python)}` : '', hub.cloudpickle ? `cloudpickle ${str(hub.cloudpickle)}` : ''];
+    setText(th.querySelector('.hub-versions'), versions.filter((v) => v).join(' · '));
+    const skew = th.querySelector('.hub-skew');
+    setText(skew, hub.version_skew ? `⚠ ${str(hub.version_skew)}` : '');
+    skew.hidden = !hub.version_skew;
     const workers = arr(hub.workers).map((w) => ({ w: obj(w), now }));
     reconcile(tbody, workers, (x) => x.w.id, createWorkerRow, updateWorkerRow, 1);
   }
@@ -686,6 +705,8 @@
         return started !== null && x.now !== null ? fmtDur(x.now - started) : '';
       },
     },
+    { cls: 'num', text: (x) => fmtPercent(x.w.cpu) },
+    { cls: 'num', text: (x) => fmtBytes(x.w.rss) },
     { cls: 'num', text: (x) => fmtInt(x.w.done) },
   ]);
   function createWorkerRow() {
