@@ -555,6 +555,7 @@ class Scheduler:
             self._users[task.user].running -= 1
             if self._revoked:
                 self._revoked.discard(task_id)
+                self._stop_awaiting(task_id)
             if len(slot.assigned) <= 1:
                 self._end_provisional(slot)
         return task
