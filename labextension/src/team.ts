@@ -45,18 +45,25 @@ export class TeamSection {
       ...view.rows.map(row => {
         const line = el('div', 'jp-plb-share-row');
         line.classList.toggle('jp-plb-mod-you', row.isViewer);
-        const name = el('span', 'jp-plb-share-user jp-plb-ellipsis', row.isViewer ? `${row.user} (you)` : row.user);
+        const head = el('div', 'jp-plb-share-head');
+        const name = el('span', 'jp-plb-share-user jp-plb-ellipsis', row.user);
         name.title = row.user;
-        const bar = el('span', 'jp-plb-share-bar');
+        head.appendChild(name);
+        if (row.isViewer) {
+          head.appendChild(el('span', 'jp-plb-share-you', 'you'));
+        }
+        head.appendChild(
+          el(
+            'span',
+            'jp-plb-share-numbers',
+            `${row.shareText} of slots · ${row.running} running · ${row.queued} queued`
+          )
+        );
+        const bar = el('div', 'jp-plb-share-bar');
         const fill = el('span', 'jp-plb-share-fill');
         fill.style.width = `${Math.round(row.share * 100)}%`;
         bar.appendChild(fill);
-        const numbers = el(
-          'span',
-          'jp-plb-share-numbers',
-          `${row.shareText} · ${row.running} running · ${row.queued} queued`
-        );
-        line.append(name, bar, numbers);
+        line.append(head, bar);
         return line;
       })
     );
