@@ -483,6 +483,8 @@ class Balancer:
 
     # -- clients ----------------------------------------------------------------------------
     def _on_client_message(self, msg: Message) -> None:
+        if self.team is not None and self.sender is None:
+            raise TaskRejected("a team pool knows a client only by its certificate, and this one has none")
         reply_to = msg.header.get("reply_to")
         if isinstance(reply_to, str) and 0 < len(reply_to) <= MAX_ID_LENGTH and (
             self.sender is None or msg.identity in (reply_to.encode(), f"{reply_to}-tx".encode())

@@ -308,6 +308,15 @@ def test_two_users_share_the_team_pool_fairly_and_survive_its_restart(pool: Pool
             pages[user].screenshot(path=str(ARTIFACTS / f"team-pool-{user}.png"))
         api_users = {u["user"]: u for u in bob.api("/plb/api/status")["users"]}
         assert api_users["alice"]["share"] > 0 and api_users["bob"]["share"] > 0, api_users
+        # Bob's monitor tab: the same pool, and the fair share panel with his row marked.
+        monitor = pages["bob"].context.new_page()
+        monitor.goto(f"{bob.base}/plb/monitor?token={bob.token}")
+        share = monitor.locator("#share-table tbody tr")
+        expect(share).to_have_count(2, timeout=TIMEOUT_MS)
+        expect(monitor.locator("#share-table tr.share-you td.user")).to_have_text("bob")
+        expect(monitor.locator("#share-viewer")).to_contain_text("Team pool · you are bob")
+        monitor.screenshot(path=str(ARTIFACTS / "team-pool-monitor.png"), full_page=True)
+        monitor.close()
 
         # The team balancer dies with tasks queued; both servers say so, without hanging.
         pool.balancer.send_signal(signal.SIGKILL)
@@ -368,9 +377,11 @@ def test_a_user_cannot_touch_another_users_tasks_nor_claim_to_be_them(pool: Pool
     assert alice.api(f"/plb/api/tasks/{task_id}")["state"] == "done"
 
     # Bob's snapshot shows Alice's queue sizes and share, not her task ids or errors.
+    # (each server's snapshot is at most half a second old: wait until Alice's shows her finished task)
+    wait_for(lambda: task_id in json.dumps(alice.api("/plb/api/status")["timeline"]), 10, "alice's timeline")
     snapshot = bob.api("/plb/api/status")
+    assert len(snapshot["timeline"]) == len(alice.api("/plb/api/status")["timeline"])
     assert task_id not in json.dumps(snapshot)
-    assert task_id in json.dumps(alice.api("/plb/api/status"))
 
     # A forged user: Bob's map "as alice" is charged to Bob.
     forged = json.loads(bob.kernel.run(
