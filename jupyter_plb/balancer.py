@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol, security, sockets, versions
+from . import __version__, connection, parameters, protocol, security, sockets, team, versions
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
@@ -130,6 +130,11 @@ class Balancer:
         self.params = parameters.load(params)
         if connection_file is not None:
             self.params = {**self.params, "LB_CONNECTION_FILE": str(connection_file)}
+        #: A team pool's access rule (team.py); None for a personal balancer.
+        self.team = team.policy_for(self.params)
+        if self.team is not None:
+            self.params = {**self.params, "LB_CURVE": True}
+        self.fair_share = team.FairShare()
         self.id = protocol.new_id("lb")
         self.now = now
         self.scheduler = Scheduler(
@@ -330,11 +335,27 @@ class Balancer:
             raise
 
     def _owned(self, task_id: Any) -> Task | KeptTask | None:
-        """The task, if the sending client may see it: with Curve, only its certificate's user's."""
+        """The task, if the sending client may see it: with Curve, only its certificate's user's
+        (in a team pool an admin sees every task)."""
         task = self.tasks.get(task_id) if isinstance(task_id, str) else None
-        if task is not None and self.sender is not None and task.user != self.sender:
+        if task is not None and self.sender is not None and task.user != self.sender and not (
+            self.team is not None and self.team.is_admin(self.sender)
+        ):
             return None
         return task
+
+    def _denied(self, msg: Message, ids: list[Any], action: str) -> bool:
+        """In a team pool, answer a request naming another user's task with the rule, and say so."""
+        if self.team is None or self.sender is None:
+            return False
+        for task_id in ids:
+            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if task is not None and not self.team.may_access(self.sender, task.user):
+                self._reply("clients", msg, {
+                    "type": "error", "error": self.team.denial(self.sender, task_id, task.user, action),
+                })
+                return True
+        return False
 
     def _check_hub_sender(self, msg: Message) -> None:
         """With Curve, a hub (and its workers) speaks only for the hub its certificate made."""
@@ -485,6 +506,8 @@ class Balancer:
 
     # -- clients ----------------------------------------------------------------------------
     def _on_client_message(self, msg: Message) -> None:
+        if self.team is not None and self.sender is None:
+            raise TaskRejected("a team pool knows a client only by its certificate, and this one has none")
         reply_to = msg.header.get("reply_to")
         if isinstance(reply_to, str) and 0 < len(reply_to) <= MAX_ID_LENGTH and (
             self.sender is None or msg.identity in (reply_to.encode(), f"{reply_to}-tx".encode())
@@ -615,7 +638,9 @@ class Balancer:
         user = spec.get("user")
         if not isinstance(user, str) or not 0 < len(user) <= MAX_NAME_LENGTH:
             raise TaskRejected(f"user must be a string of 1 to {MAX_NAME_LENGTH} characters")
-        if self.sender is not None and user != self.sender:
+        if self.team is not None and self.sender is not None:
+            user = self.sender  # a team pool charges the certificate's user, whatever is claimed
+        elif self.sender is not None and user != self.sender:
             raise TaskRejected(
                 f"user {user!r} is not this client's: its certificate makes it {self.sender!r}"
             )
@@ -758,6 +783,8 @@ class Balancer:
         ids = msg.header.get("ids")
         if not isinstance(ids, list):
             raise TaskRejected("'ids' must be a list of task ids")
+        if self._denied(msg, ids[:10_000], "read"):
+            return
         now = self.now()
         infos: dict[str, Any] = {}
         buffers: list[Buffer] = []
@@ -780,6 +807,8 @@ class Balancer:
         ids = msg.header.get("ids")
         if not isinstance(ids, list):
             raise TaskRejected("'ids' must be a list of task ids")
+        if self._denied(msg, ids[:100_000], "cancel"):
+            return
         unknown = {"cancelled": False, "state": None, "from": None}
         results = {
             str(i): self.cancel(i) if self._owned(i) else dict(unknown)
@@ -795,19 +824,43 @@ class Balancer:
                 self._collected(task, now)
 
     def _on_status(self, msg: Message) -> None:
-        self._reply("clients", msg, {"type": "snapshot", "data": self.snapshot()})
+        snapshot = self.snapshot()
+        if self.team is not None:
+            snapshot = self.team.redact(snapshot, self.sender)
+        self._reply("clients", msg, {"type": "snapshot", "data": snapshot})
 
     def _on_tasks(self, msg: Message) -> None:
         header = msg.header
+        if self.team is not None:
+            try:
+                user = self.team.check_listing(self.sender, header.get("user"))
+            except team.AccessDenied as exc:
+                self._reply("clients", msg, {"type": "error", "error": str(exc)})
+                return
+        else:
+            user = self.sender or header.get("user")  # with Curve: its own tasks only
         self._reply("clients", msg, {
             "type": "task_list",
             **self.list_tasks(
                 state=header.get("state"),
-                user=self.sender or header.get("user"),  # with Curve: its own tasks only
+                user=user,
                 name=header.get("name"),
                 offset=int(header.get("offset", 0)),
                 limit=int(header.get("limit", 100)),
             ),
+        })
+
+    def _on_info(self, msg: Message) -> None:
+        """Task summaries by id without collecting results: the monitor of a server attached to
+        this balancer (monitor/remote.py)."""
+        ids = msg.header.get("ids")
+        if not isinstance(ids, list):
+            raise TaskRejected("'ids' must be a list of task ids")
+        if self._denied(msg, ids[:1000], "read"):
+            return
+        owned = ((str(i), self._owned(i)) for i in ids[:1000])
+        self._reply("clients", msg, {
+            "type": "task_info", "tasks": {i: t.summary() for i, t in owned if t is not None},
         })
 
     _client_handlers: dict[str, Callable[[Balancer, Message], None]] = {
@@ -821,6 +874,7 @@ class Balancer:
         "broadcast": _on_broadcast,
         "release": _on_release,
         "run": _on_run,
+        "info": _on_info,
     }
 
     # -- hubs and workers ---------------------------------------------------------------------
@@ -1535,6 +1589,7 @@ class Balancer:
             self._check_timeouts(now)
             self._expire(now)
             self.stats.roll(now, self.scheduler.queued_count)
+            self._sample_fair_share(now)
             self._requeue_orphans(now)
             self._dispatch()
             self._commit()
@@ -1615,6 +1670,11 @@ class Balancer:
                 task.reason = None
                 del self._unschedulable[task.id]
 
+    def _sample_fair_share(self, now: float) -> None:
+        slots = self.scheduler.slots
+        heads = (next(iter(s.assigned.values()), None) for s in slots.values() if s.assigned)
+        self.fair_share.sample(now, collections.Counter(t.user for t in heads if t is not None), len(slots))
+
     # -- views for the monitor, the health check and the magics ---------------------------------
     def snapshot(self) -> dict[str, Any]:
         now = self.now()
@@ -1673,7 +1733,8 @@ class Balancer:
             "rejected": dict(self.session.rejected) if self.session else {},
             "rates": self.stats.rates(),
             "throughput": self.stats.history(),
-            "users": sorted(users, key=lambda u: u["user"]),
+            "users": self.fair_share.users_view(users),
+            "share_window": self.fair_share.window,
             "hubs": hubs,
             "queues": sorted(queues.values(), key=lambda q: q["name"]),
             "stats": self.stats.per_name_list(),

@@ -53,6 +53,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         params = parameters.validate(
             {**params, **{k: v for k, v in addresses.items() if v}}, "plb start"
         )
+    if args.team:
+        admins = sorted({*params["LB_TEAM_ADMINS"], *args.admin})
+        params = parameters.validate({**params, "LB_TEAM": True, "LB_TEAM_ADMINS": admins}, "plb start --team")
     cluster = startAll(params, monitor=not args.no_monitor, connection_file=args.connection_file)
     print(f"balancer {cluster.balancer.id} running; connection file: {cluster.connection_file}")
     print(f"start hubs elsewhere with: plb hub --connect {cluster.connection_file}")
@@ -297,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--workers", type=_worker_count, nargs="?", const=AUTO, default=0, metavar="N",
                        help="also start a local hub with N workers (without N: one per CPU this "
                             "process may use, counting its CPU affinity and cgroup quota)")
+    start.add_argument("--team", action="store_true",
+                       help="a team pool: CurveZMQ on, each user known by their certificate "
+                       "(plb keygen --client NAME) and limited to their own tasks (docs/team.md)")
+    start.add_argument("--admin", action="append", default=[], metavar="USER",
+                       help="with --team: a user who sees and cancels every task (LB_TEAM_ADMINS)")
     start.add_argument("--bind", metavar="ADDRESS",
                        help="interface the balancer listens on, e.g. 0.0.0.0 (LB_BIND_IP; "
                             "default: the advertised address)")

@@ -21,11 +21,12 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from traitlets import Bool, Dict, Int, Unicode, default, validate
 
-from . import connection
+from . import connection, security
 from .balancer import Balancer
 from .healthcheck import HealthCheck
 from .monitor.handlers import jupyter_handlers
 from .monitor.localhub import LocalHub
+from .monitor.remote import RemoteBalancer
 from .monitor.service import SETTINGS_KEY, MonitorService
 from .parameters import Parameters
 from .parameters import load as load_parameters
@@ -95,9 +96,34 @@ class PlbExtension(ExtensionApp):
             raise ValueError("local_workers must be >= 0 (0: no local hub)")
         return proposal["value"]
 
-    balancer: Balancer
-    healthcheck: HealthCheck
+    attach = Unicode(
+        config=True,
+        help="""A team balancer's connection file (`plb start --team`, docs/team.md; default
+        $PLB_ATTACH). Then this server hosts no balancer and no health check: its monitor, Lab
+        panel and kernels use the team balancer, and no local hub starts unless local_workers is
+        set in the configuration.""",
+    )
+    attach_certificate = Unicode(
+        config=True,
+        help="""With attach: this user's CurveZMQ client certificate for the team balancer
+        (`plb keygen --client NAME` on the team balancer's machine; default $PLB_CLIENT_CERT).
+        The monitor uses it and kernels get it as $PLB_CLIENT_CERT: the team balancer knows this
+        server's user by it.""",
+    )
+
+    @default("attach")
+    def _default_attach(self) -> str:
+        return os.environ.get("PLB_ATTACH", "")
+
+    @default("attach_certificate")
+    def _default_attach_certificate(self) -> str:
+        return os.environ.get(security.CERT_ENV["clients"], "")
+
+    balancer: Balancer | RemoteBalancer
+    healthcheck: HealthCheck | None
     monitor: MonitorService
+    #: Attach mode's decision about the local hub (None: local_workers decides).
+    _attach_local_hub: bool | None = None
 
     def effective_parameters(self) -> Parameters:
         """The parameters with the precedence above (ports not named: 0)."""
@@ -112,6 +138,9 @@ class PlbExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         params = self.effective_parameters()
+        if self.attach:
+            self._attach_settings(params)
+            return
         if self.connection_file:
             path = Path(self.connection_file)
         else:
@@ -126,17 +155,34 @@ class PlbExtension(ExtensionApp):
         # Set before any kernel starts: kernels inherit the server's environment.
         os.environ[connection.ENV_VAR] = str(path)
 
+    def _attach_settings(self, params: Parameters) -> None:
+        """Attach mode: the monitor talks to the team balancer; kernels get its connection file."""
+        path = Path(self.attach).expanduser().resolve()
+        if self.attach_certificate:
+            os.environ[security.CERT_ENV["clients"]] = str(Path(self.attach_certificate).expanduser())
+        self.balancer = RemoteBalancer(path, params)
+        self.healthcheck = None
+        asked = "local_workers" in self.config.get(self.__class__.__name__, {})
+        self.monitor = MonitorService(
+            self.balancer, LocalHub(path, self.local_workers or usable_cpus(), name="attached")
+        )
+        self._attach_local_hub = asked and self.local_workers > 0
+        self.settings[SETTINGS_KEY] = self.monitor
+        self._route_logs()
+        os.environ[connection.ENV_VAR] = str(path)
+
     def initialize_handlers(self) -> None:
         self.handlers.extend(jupyter_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Bind the balancer, start the health check and the local hub on the server's loop."""
         await self.balancer.start()
-        self.healthcheck.start()
+        if self.healthcheck is not None:
+            self.healthcheck.start()
         if self.freeze_startup_objects:
             gc.collect()
             gc.freeze()
-        if self.local_workers:
+        if self.local_workers if self._attach_local_hub is None else self._attach_local_hub:
             await self.monitor.local_hub.start()
         self.log.info(
             "PLB - jupyter_plb running; monitor at %s, connection file %s",
@@ -162,9 +208,11 @@ class PlbExtension(ExtensionApp):
         for what, stop in (
             ("event stream", self.monitor.events.close),
             ("local hub", self.monitor.local_hub.stop),
-            ("health check", self.healthcheck.stop),
+            ("health check", self.healthcheck.stop if self.healthcheck else None),
             ("balancer", self.balancer.stop),
         ):
+            if stop is None:
+                continue
             try:
                 result = stop()
                 if inspect.isawaitable(result):

@@ -562,6 +562,8 @@ class PlbMagics(Magics):
         with self._balancer():
             info = self.client.getTask(task_id)
         state = info.get("state")
+        if state is None and info.get("error"):  # e.g. another user's task in a team pool
+            raise UsageError(str(info["error"]))
         if state is None:
             raise UsageError(f"unknown task {task_id!r}: not submitted from here and unknown to the balancer")
         for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):

@@ -53,6 +53,9 @@ EXTRA_DEFAULTS: Parameters = {
     "LB_ALLOW_INSECURE": False,
     "LB_SECURITY_DIR": None,
     "LB_JOURNAL": "auto",
+    # a team pool (jupyter_plb.team): identities from certificates, each user sees only their tasks
+    "LB_TEAM": False,
+    "LB_TEAM_ADMINS": [],
 }
 
 DEFAULTS: Parameters = {**SEED_DEFAULTS, **EXTRA_DEFAULTS}
@@ -108,7 +111,7 @@ def _problem(key: str, value: Any) -> str | None:
     elif key == "LB_CURVE":
         if not (value == "auto" or isinstance(value, bool)):
             return f'must be "auto" (on when binding beyond loopback), true or false, got {value!r}'
-    elif key == "LB_ALLOW_INSECURE":
+    elif key in ("LB_ALLOW_INSECURE", "LB_TEAM"):
         if not isinstance(value, bool):
             return f"must be true or false, got {value!r}"
     elif key in ("LB_BIND_IP", "LB_CONNECTION_FILE", "LB_SECURITY_DIR"):
@@ -117,6 +120,9 @@ def _problem(key: str, value: Any) -> str | None:
     elif key == "LB_JOURNAL":
         if value is not False and (not isinstance(value, str) or not value.strip()):
             return f"must be \"auto\" (beside the connection file), a file path, or false, got {value!r}"
+    elif key == "LB_TEAM_ADMINS":
+        if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+            return f"must be a list of user names (their certificates' users), got {value!r}"
     elif key == "WKHUB_WORKERS":
         if not isinstance(value, list):
             return "must be a list of worker groups"

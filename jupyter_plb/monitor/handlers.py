@@ -18,6 +18,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
+from ..errors import BalancerUnreachable, TaskRejected
 from ..tasks import TaskState
 from . import PAGE_CSP, STATIC_DIR, dumps
 from .localhub import MAX_WORKERS
@@ -55,6 +56,16 @@ class Route(web.RequestHandler):
     def reply_json(self, data: Any) -> None:
         self.reply(dumps(data))
 
+    async def ask(self, answer: Any) -> Any:
+        """The balancer's answer; an attached team balancer's (monitor/remote.py) is awaited, and
+        its refusals become 403 (another user's task) or 503 (it does not answer)."""
+        try:
+            return await ensure_async(answer)
+        except TaskRejected as exc:
+            raise web.HTTPError(403, str(exc)) from None
+        except BalancerUnreachable as exc:
+            raise web.HTTPError(503, str(exc)) from None
+
     def int_argument(self, name: str, default: int, maximum: int) -> int:
         value = self.get_query_argument(name, None)
         if value is None or value == "":
@@ -74,11 +85,11 @@ class StatusRoute(Route):
 
 
 class TasksRoute(Route):
-    def get(self) -> None:
+    async def get(self) -> None:
         state = self.get_query_argument("state", None) or None
         if state is not None and state not in TASK_STATES:
             raise web.HTTPError(400, f"state must be one of {', '.join(sorted(TASK_STATES))}")
-        self.reply_json(
+        self.reply_json(await self.ask(
             self.balancer.list_tasks(
                 state=state,
                 user=self.get_query_argument("user", None) or None,
@@ -86,29 +97,29 @@ class TasksRoute(Route):
                 offset=self.int_argument("offset", 0, 1 << 31),
                 limit=self.int_argument("limit", 100, MAX_TASKS_LIMIT),
             )
-        )
+        ))
 
 
 class TaskRoute(Route):
     verbs = ("get", "delete")
 
-    def get(self, task_id: str) -> None:
-        info = self.balancer.task_info(task_id)
+    async def get(self, task_id: str) -> None:
+        info = await self.ask(self.balancer.task_info(task_id))
         if info is None:
             raise web.HTTPError(404, "no such task (unknown, or forgotten after its retention)")
         self.reply_json(info)
 
-    def delete(self, task_id: str) -> None:
-        if self.balancer.task_info(task_id) is None:
+    async def delete(self, task_id: str) -> None:
+        if await self.ask(self.balancer.task_info(task_id)) is None:
             raise web.HTTPError(404, "no such task (unknown, or forgotten after its retention)")
-        self.reply_json(self.balancer.cancel(task_id))
+        self.reply_json(await self.ask(self.balancer.cancel(task_id)))
 
 
 class UserCancelRoute(Route):
     verbs = ("post",)
 
-    def post(self, user: str) -> None:
-        self.reply_json({"cancelled": self.balancer.cancel_user(user)})
+    async def post(self, user: str) -> None:
+        self.reply_json({"cancelled": await self.ask(self.balancer.cancel_user(user))})
 
 
 class LocalHubRoute(Route):

@@ -10,6 +10,7 @@ from .metrics import MetricsExporter
 
 if TYPE_CHECKING:
     from ..balancer import Balancer
+    from .remote import RemoteBalancer
 
 #: The web-application setting under which both hosts put their :class:`MonitorService`.
 SETTINGS_KEY = "plb_monitor"
@@ -18,7 +19,7 @@ SETTINGS_KEY = "plb_monitor"
 class MonitorService:
     """The balancer's monitor state, shared by the Jupyter extension and the standalone server."""
 
-    def __init__(self, balancer: Balancer, local_hub: LocalHub) -> None:
+    def __init__(self, balancer: Balancer | RemoteBalancer, local_hub: LocalHub) -> None:
         self.balancer = balancer
         self.local_hub = local_hub
         self.events = EventStream(balancer)

@@ -19,6 +19,7 @@ import { cancelUserTasks, eventsUrl, fetchStatus, PlbApiError } from './api';
 import { refreshIcon } from '@jupyterlab/ui-components';
 
 import { plbIcon } from './icon';
+import { TeamSection } from './team';
 import {
   errorState,
   IErrorState,
@@ -371,6 +372,7 @@ export class PlbPanel extends Widget {
     }
     this._hasData = true;
     this._render(vm);
+    this._team.update(data);
     setHidden(this._errorBox, true);
     setHidden(this._body, false);
     setHidden(this._emptyBox, true);
@@ -628,6 +630,9 @@ export class PlbPanel extends Widget {
       u => u.key
     );
 
+    // -- fair share between users (team.ts)
+    this._team = new TeamSection(this._section(''));
+
     // -- recent failures
     this._failuresSection = this._section('Recent failures');
     const failList = el('ul', 'jp-plb-failures');
@@ -845,6 +850,7 @@ export class PlbPanel extends Widget {
   private _noUsers!: HTMLElement;
   private _usersTable!: HTMLElement;
   private _users!: KeyedList<IUserRow>;
+  private _team!: TeamSection;
   private _failuresSection!: HTMLElement;
   private _failures!: KeyedList<IFailureRow>;
 }

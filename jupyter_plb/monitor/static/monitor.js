@@ -523,6 +523,7 @@
     state.lastSnapAt = Date.now();
     recordHistory(snap);
     scheduleRender();
+    document.dispatchEvent(new CustomEvent('plb-snapshot', { detail: snap }));  // team.js
   }
   function recordHistory(snap) {
     const t = num(snap.time);
