@@ -29,6 +29,7 @@ import zmq
 
 from . import __version__, connection, parameters, protocol, security, sockets
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
+from .launcher_board import LauncherBoard
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
@@ -62,6 +63,8 @@ class Hub:
     local: bool = False
     python: str = ""
     cloudpickle: str = ""
+    #: The batch job (Slurm or PBS job id) the hub runs in, if any.
+    job: str | None = None
     last_seen: float = 0.0
     state: str = "ok"
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -124,6 +127,7 @@ class Balancer:
         #: Every task it knows; those whose result was collected in their compact, kept form.
         self.tasks = TaskTable()
         self.hubs: dict[str, Hub] = {}
+        self.launchers = LauncherBoard()
         self.functions: dict[str, StoredFunction] = {}
         self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
         self.stats = Stats()
@@ -678,6 +682,10 @@ class Balancer:
             ),
         })
 
+    def _on_jobs(self, msg: Message) -> None:
+        self.launchers.note(msg.header.get("launcher"), self.now())
+        self._reply("clients", msg, {"type": "jobs_noted"})
+
     _client_handlers: dict[str, Callable[[Balancer, Message], None]] = {
         "hello": _on_hello,
         "submit": _on_submit,
@@ -686,6 +694,7 @@ class Balancer:
         "ack": _on_ack,
         "status": _on_status,
         "tasks": _on_tasks,
+        "jobs": _on_jobs,
     }
 
     # -- hubs and workers ---------------------------------------------------------------------
@@ -710,6 +719,7 @@ class Balancer:
         hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
         hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
         hub.pid = int(h.get("pid", 0))
+        hub.job = str(h["job"])[:MAX_ID_LENGTH] if h.get("job") else None
         hub.routes = routes
         hub.local = bool(h.get("local", False))
         hub.python = str(h.get("python", ""))[:32]
@@ -1432,7 +1442,7 @@ class Balancer:
                 "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
                 "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
                 "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
-                "workers": workers,
+                "job": hub.job, "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
         for task in itertools.islice(self.scheduler.iter_queued(), 100_000):
@@ -1465,6 +1475,7 @@ class Balancer:
             "throughput": self.stats.history(),
             "users": sorted(users, key=lambda u: u["user"]),
             "hubs": hubs,
+            "launchers": self.launchers.rows(now),
             "queues": sorted(queues.values(), key=lambda q: q["name"]),
             "stats": self.stats.per_name_list(),
             "unschedulable": [

@@ -346,6 +346,7 @@ class WorkerHub:
             "name": self.name,
             "host": stdsocket.gethostname(),
             "pid": os.getpid(),
+            "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"),
             "routes": sorted(self.tasks),
             "local": self.local,
             "state": self.state,
