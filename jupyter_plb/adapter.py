@@ -168,10 +168,11 @@ class Adapter:
             self.client.report_jobs(self.table(closed))
 
     def _say(self, text: str) -> None:
-        log.info("plb adapt: %s", text)
-        if self.out is not None:
-            with contextlib.suppress(ValueError, OSError):
-                print(f"plb adapt: {text}", file=self.out, flush=True)
+        if self.out is None:
+            log.info("plb adapt: %s", text)
+            return
+        with contextlib.suppress(ValueError, OSError):
+            print(f"plb adapt: {text}", file=self.out, flush=True)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
