@@ -19,6 +19,7 @@ import { cancelUserTasks, eventsUrl, fetchStatus, PlbApiError } from './api';
 import { refreshIcon } from '@jupyterlab/ui-components';
 
 import { plbIcon } from './icon';
+import { JobsSection } from './jobs';
 import {
   errorState,
   IErrorState,
@@ -371,6 +372,7 @@ export class PlbPanel extends Widget {
     }
     this._hasData = true;
     this._render(vm);
+    this._jobs.update(data);
     setHidden(this._errorBox, true);
     setHidden(this._body, false);
     setHidden(this._emptyBox, true);
@@ -614,6 +616,8 @@ export class PlbPanel extends Widget {
       h => h.key
     );
 
+    this._jobs = new JobsSection(this._section(''));
+
     // -- users
     const users = this._section('');
     this._usersTitle = el('h3', 'jp-plb-section-title', 'Users');
@@ -835,6 +839,7 @@ export class PlbPanel extends Widget {
   private _stopHub!: HTMLButtonElement;
   private _noHubs!: HTMLElement;
   private _hubs!: KeyedList<IHubRow>;
+  private _jobs!: JobsSection;
   private _usersTitle!: HTMLElement;
   private _noUsers!: HTMLElement;
   private _usersTable!: HTMLElement;
