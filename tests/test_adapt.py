@@ -203,6 +203,6 @@ def test_board_keeps_the_last_report_until_closed_or_silent() -> None:
 ])
 def test_board_rejects_bad_reports_with_a_reason(bad: object) -> None:
     board = LauncherBoard()
-    with pytest.raises(TaskRejected, match="launcher|job"):
+    with pytest.raises(TaskRejected, match=r"launcher|job"):
         board.note(bad, now=0.0)
     assert board.rows(now=0.0) == []

@@ -101,6 +101,11 @@ export class JobsSection {
 
   update(snapshot: unknown): void {
     const launchers = jobRows(snapshot);
+    const drawn = JSON.stringify(launchers);
+    if (drawn === this._drawn) {
+      return; // unchanged: keep the nodes (no churn twice a second)
+    }
+    this._drawn = drawn;
     this.parent.hidden = launchers.length === 0;
     const total = launchers.reduce((n, l) => n + l.jobs.length, 0);
     this._title.textContent = `Batch jobs (${total})`;
@@ -137,4 +142,5 @@ export class JobsSection {
 
   private _title: HTMLElement;
   private _list: HTMLElement;
+  private _drawn = '';
 }

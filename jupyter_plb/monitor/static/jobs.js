@@ -83,9 +83,13 @@
   }
 
   let section = null;
+  let drawn = null;
   function render(snap) {
     section = section || build();
     const launchers = arr(obj(snap).launchers).map(obj);
+    const key = JSON.stringify(launchers.map((l) => [l.id, l.name, l.kind, l.minimum, l.maximum, l.reason, l.jobs]));
+    if (key === drawn) return;  // unchanged: keep the rows
+    drawn = key;
     section.hidden = launchers.length === 0;
     section.dataset.launchers = String(launchers.length);
     const body = section.querySelector('tbody');
