@@ -97,8 +97,9 @@ def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]
 
 @pytest.fixture
 def client(balancer: LocalCluster) -> Iterator[Client]:
-    with Client(connection_file=balancer.connection_file) as c:
-        yield c
+    c = Client(connection_file=balancer.connection_file)
+    yield c
+    c.shutdown(wait=False, cancel_futures=True)  # a failed test may leave held tasks behind
 
 
 @pytest.fixture
