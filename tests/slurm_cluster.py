@@ -10,6 +10,7 @@ test set-up, ``scripts/test.sh``, installs them) and root (slurmd runs jobs as t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
+PR_SET_PDEATHSIG = 1
 #: CPUs the node claims (config_overrides lets slurmd claim more than the machine has).
 CPUS = 16
 
@@ -44,6 +46,11 @@ def unavailable() -> str | None:
         return (f"Slurm is not installed ({', '.join(missing)} missing): run scripts/test.sh, "
                 "which installs Debian's slurm-wlm and munge")
     return None
+
+
+def _die_with_parent() -> None:
+    """In the daemon's child, before exec: SIGTERM it when the test process dies (even killed)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -117,7 +124,7 @@ PartitionName=plb Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         log = open(self.folder / f"{name}.out", "wb")  # noqa: SIM115 - the child keeps it
         self.processes[name] = subprocess.Popen(
             [program, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
 
