@@ -29,6 +29,7 @@ import zmq
 
 from . import __version__, connection, parameters, protocol, security, sockets, team, versions
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
+from .launcher_board import LauncherBoard
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
@@ -64,6 +65,8 @@ class Hub:
     local: bool = False
     python: str = ""
     cloudpickle: str = ""
+    #: The batch job (Slurm or PBS job id) the hub runs in, if any.
+    job: str | None = None
     last_seen: float = 0.0
     state: str = "ok"
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -145,6 +148,7 @@ class Balancer:
         #: Every task it knows; those whose result was collected in their compact, kept form.
         self.tasks = TaskTable()
         self.hubs: dict[str, Hub] = {}
+        self.launchers = LauncherBoard()
         self.functions: dict[str, StoredFunction] = {}
         self.worker_functions: dict[str, collections.OrderedDict[str, None]] = {}
         #: Broadcast objects by digest, and the ones each queued or running task names.
@@ -863,6 +867,10 @@ class Balancer:
             "type": "task_info", "tasks": {i: t.summary() for i, t in owned if t is not None},
         })
 
+    def _on_jobs(self, msg: Message) -> None:
+        self.launchers.note(msg.header.get("launcher"), self.now())
+        self._reply("clients", msg, {"type": "jobs_noted"})
+
     _client_handlers: dict[str, Callable[[Balancer, Message], None]] = {
         "hello": _on_hello,
         "submit": _on_submit,
@@ -875,6 +883,7 @@ class Balancer:
         "release": _on_release,
         "run": _on_run,
         "info": _on_info,
+        "jobs": _on_jobs,
     }
 
     # -- hubs and workers ---------------------------------------------------------------------
@@ -901,6 +910,7 @@ class Balancer:
         hub.name = str(h.get("name") or hub_id)[:MAX_NAME_LENGTH]
         hub.host = str(h.get("host", ""))[:MAX_NAME_LENGTH]
         hub.pid = int(h.get("pid", 0))
+        hub.job = str(h["job"])[:MAX_ID_LENGTH] if h.get("job") else None
         hub.routes = routes
         hub.local = bool(h.get("local", False))
         hub.python = str(h.get("python", ""))[:32]
@@ -1701,7 +1711,7 @@ class Balancer:
                 "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
                 "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
                 "version_skew": versions.skew(self._hub_versions(hub), here="this balancer"),
-                "workers": workers,
+                "job": hub.job, "workers": workers,
             })
         queues: dict[str, dict[str, Any]] = {}
         for task in itertools.islice(self.scheduler.iter_queued(), 100_000):
@@ -1736,6 +1746,7 @@ class Balancer:
             "users": self.fair_share.users_view(users),
             "share_window": self.fair_share.window,
             "hubs": hubs,
+            "launchers": self.launchers.rows(now),
             "queues": sorted(queues.values(), key=lambda q: q["name"]),
             "stats": self.stats.per_name_list(),
             "unschedulable": [

@@ -227,9 +227,43 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(slurm_script(job), end="")
         return 0
+    if args.adapt:
+        return _adapt_slurm(args, job)
     job_id = submit_slurm(job)
     print(f"submitted Slurm job {job_id}: {job.nodes} hub(s) of {job.workers_per_node} worker(s); "
           f"`scancel {job_id}` drains and stops them")
+    return 0
+
+
+def _adapt_slurm(args: argparse.Namespace, job: Any) -> int:
+    """Run the adapter in the foreground; Ctrl-C or SIGTERM drains every job it started."""
+    import signal
+
+    from .adapt import AdaptPolicy
+    from .adapter import Adapter
+    from .client import Client
+    from .slurm import SlurmJobs
+
+    source = SlurmJobs(job)
+    try:
+        policy = AdaptPolicy(args.minimum, args.maximum, source.slots_per_job, args.target_wait, args.idle_grace)
+    except ValueError as exc:
+        raise PlbError(f"--minimum/--maximum/--target-wait/--idle-grace: {exc}") from None
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with Client(connection_file=job.connection_file, user="plb-adapt") as client:
+        adapter = Adapter(client, source, policy, interval=args.interval, out=sys.stdout)
+        print(f"plb adapt: {args.minimum} to {args.maximum} Slurm job(s) of {job.nodes} hub(s) x "
+              f"{job.workers_per_node} worker(s); Ctrl-C drains them and stops", flush=True)
+        try:
+            adapter.run()
+        except KeyboardInterrupt:
+            print("plb adapt: stopping: draining every job (running tasks finish first)", flush=True)
+        finally:
+            adapter.stop(timeout=job.grace + 30)
     return 0
 
 
@@ -371,6 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     slurm = sub.add_parser("slurm", help="submit a Slurm job of hubs (--dry-run prints it)")
     _add_batch_options(slurm, "--partition", "--time-limit")
+    scaling = slurm.add_argument_group("adaptive scaling (--adapt)")
+    scaling.add_argument("--adapt", action="store_true",
+                         help="stay in the foreground and submit or retire jobs as the queue needs")
+    scaling.add_argument("--minimum", type=int, default=0, help="jobs kept at least (default 0)")
+    scaling.add_argument("--maximum", type=int, default=1, help="jobs at most, pending ones included (default 1)")
+    scaling.add_argument("--target-wait", type=float, default=2.0, metavar="SECONDS",
+                         help="ask for jobs once a task waited this long with no free slot (default 2)")
+    scaling.add_argument("--idle-grace", type=float, default=30.0, metavar="SECONDS",
+                         help="retire a job whose hubs were idle this long (default 30)")
+    scaling.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                         help="seconds between looks at the queue (default 1)")
     slurm.set_defaults(func=cmd_slurm)
 
     pbs = sub.add_parser("pbs", help="submit a PBS job of hubs (--dry-run prints it)")

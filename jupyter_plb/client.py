@@ -1257,6 +1257,16 @@ class _Submitter:
     def cancel(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return self._connection.cancel(list(ids))
 
+    def adapt(self, minimum: int = 0, maximum: int = 1, **options: Any) -> Any:
+        """Scale Slurm hub jobs to the queue (``jupyter_plb.adapter.adapt_slurm``); ``.stop()`` ends it."""
+        from .adapter import adapt_slurm
+
+        return adapt_slurm(self, minimum, maximum, **options)
+
+    def report_jobs(self, launcher: dict[str, Any]) -> None:
+        """Tell the balancer a launcher's job table (shown in the monitor and the Lab panel)."""
+        self._connection.request({"type": "jobs", "launcher": launcher})
+
     def future(self, task_id: str) -> PlbFuture | None:
         """The future of a task this client submitted and is still waiting for."""
         return self._connection.futures.get(task_id)

@@ -368,6 +368,7 @@ class WorkerHub:
             "name": self.name,
             "host": stdsocket.gethostname(),
             "pid": os.getpid(),
+            "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"),
             "routes": sorted(self.tasks),
             "local": self.local,
             "state": self.state,
@@ -642,8 +643,9 @@ class WorkerHub:
         return 0.0
 
     def _stop_worker(self, proc: _WorkerProcess) -> None:
+        """SIGKILL: workers ignore SIGTERM (a batch job's SIGTERM is meant for the hub)."""
         with contextlib.suppress(ProcessLookupError):
-            proc.process.terminate()
+            proc.process.kill()
 
     def _forget_worker(self, proc: _WorkerProcess) -> None:
         if self.workers.pop(proc.id, None) is not None:

@@ -583,8 +583,10 @@ def main(config: WorkerConfig) -> None:
     global _current
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _set_nice(config.process_p)
-    # Ctrl-C in a terminal reaches the whole process group: the hub drains, its workers go on.
+    # Ctrl-C in a terminal reaches the whole process group, and a batch scheduler's SIGTERM
+    # (scancel, the time limit) every process of the job: the hub drains, its workers go on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _run_setup(config)
     _current = _Worker(config)
     code = 0

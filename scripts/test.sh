@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # Install everything the tests need (the package with its prebuilt lab extension, the test extras,
-# Debian's chromium for the browser tests), then run the lab extension's unit tests and pytest.
+# Debian's chromium for the browser tests, slurm-wlm and munge for the Slurm tests), then run the
+# lab extension's unit tests and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check ".[test]"
 
-if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
-    if command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian packages the tests use, installed only when missing (apt-get update once, first):
+# chromium for the browser tests, slurm-wlm and munge for the real one-node Slurm cluster.
+missing=()
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
+if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ] || ! command -v sbatch >/dev/null 2>&1; then
+    missing+=(slurm-wlm)
+fi
+if [ ! -x /usr/sbin/munged ]; then missing+=(munge); fi
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        # The Slurm and munge packages must not start system-wide daemons: the tests run their own.
+        made_policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null
+        if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
     else
-        echo "chromium is missing and apt-get is not available: browser tests will be skipped" >&2
+        echo "missing ${missing[*]} and cannot apt-get install (needs apt-get and root):" \
+             "the tests that need them will be skipped" >&2
     fi
 fi
 

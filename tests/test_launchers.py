@@ -3,7 +3,8 @@
 The sshd is the machine's own OpenSSH server (installed with apt-get when missing), run by the
 test on a free loopback port with a host key and an authorized key made here; the ssh client is
 told to read no configuration and no known-hosts file of the user, so ``~/.ssh`` is not touched.
-``sbatch`` and ``qsub`` are stand-in shell scripts that record what they were given.
+``sbatch`` and ``qsub`` are stand-in shell scripts that record what they were given; the real
+Slurm tests are in ``tests/test_slurm.py``.
 """
 
 from __future__ import annotations

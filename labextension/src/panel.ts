@@ -20,6 +20,7 @@ import { refreshIcon } from '@jupyterlab/ui-components';
 
 import { plbIcon } from './icon';
 import { TeamSection } from './team';
+import { JobsSection } from './jobs';
 import {
   errorState,
   IErrorState,
@@ -373,6 +374,7 @@ export class PlbPanel extends Widget {
     this._hasData = true;
     this._render(vm);
     this._team.update(data);
+    this._jobs.update(data);
     setHidden(this._errorBox, true);
     setHidden(this._body, false);
     setHidden(this._emptyBox, true);
@@ -616,6 +618,8 @@ export class PlbPanel extends Widget {
       h => h.key
     );
 
+    this._jobs = new JobsSection(this._section(''));
+
     // -- users
     const users = this._section('');
     this._usersTitle = el('h3', 'jp-plb-section-title', 'Users');
@@ -846,6 +850,7 @@ export class PlbPanel extends Widget {
   private _stopHub!: HTMLButtonElement;
   private _noHubs!: HTMLElement;
   private _hubs!: KeyedList<IHubRow>;
+  private _jobs!: JobsSection;
   private _usersTitle!: HTMLElement;
   private _noUsers!: HTMLElement;
   private _usersTable!: HTMLElement;

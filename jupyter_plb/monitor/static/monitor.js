@@ -577,6 +577,7 @@
       const root = document.documentElement;
       root.dataset.snapshots = String(state.snapCount);
       root.dataset.snapshotTime = str(snap.time);
+      document.dispatchEvent(new CustomEvent('plb:snapshot', { detail: snap }));  // extra sections
     }
     tickLastUpdate();
   }
