@@ -29,6 +29,7 @@ import cloudpickle
 import zmq
 
 from . import connection, parameters, protocol, security, sockets
+from .argsrepr import args_text
 from .errors import (
     BalancerUnreachable,
     DeserializationError,
@@ -721,6 +722,7 @@ class _Submitter:
             "name": str(taskname),
             "route": str(taskname),
             "payload": task,
+            "args": args_text((task,)),
             "user": userid or self._defaults["user"],
             "priority": priority,
             "nbuf": 0,
@@ -841,6 +843,7 @@ class _Submitter:
             "user": self._defaults["user"],
             "priority": self._defaults.get("priority", 0),
             "nbuf": len(buffers),
+            "args": args_text(*payload),
             **self._limits(),
         }
         return spec, buffers, PlbFuture(self._connection, task_id, name)
