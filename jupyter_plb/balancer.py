@@ -29,7 +29,7 @@ import zmq
 
 from . import __version__, connection, parameters, protocol, security, sockets, taskquery
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
-from .history import MAX_ARGS, FinishedTask, History
+from .history import MAX_ARGS, FinishedTask, History, record
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
 from .stats import Stats
@@ -290,7 +290,7 @@ class Balancer:
                 self.scheduler.requeue(task)
         self.scheduler.continue_sequence(top_seq)
         for task in sorted(finished, key=lambda t: t.ended or 0.0):
-            self.history.add(FinishedTask.of(task))
+            self.history.add(record(task))
         self._enforce_memory_budget()
         if restored:
             self._orphans_deadline = self.now() + ORPHAN_GRACE * self.params["LB_HEARTBEAT_INTERVAL"]
@@ -1159,7 +1159,7 @@ class Balancer:
         self._orphans.pop(task.id, None)
         self.store.finished(task)
         self.stats.finished(task, now)
-        self.history.add(FinishedTask.of(task, run_time))
+        self.history.add(record(task, run_time))
         self._finished.append((now, task.id))
         self._queue_result(task)
         self._event(task)

@@ -13,6 +13,8 @@ import collections
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from .tasks import Task
+
 #: Characters kept of a task's stdout and of its stderr, and of its traceback (head and tail).
 MAX_OUTPUT = 8192
 MAX_TRACEBACK = 16384
@@ -59,27 +61,7 @@ class FinishedTask(NamedTuple):
 
     @classmethod
     def of(cls, task: Any, run_time: float | None = None) -> FinishedTask:
-        """The record of a finished ``Task`` (or ``KeptTask``); ``run_time`` as its worker measured it."""
-        result = task.result or {}
-        error = result.get("error")
-        error_line = traceback = None
-        if isinstance(error, dict):
-            error_line = clip(f"{error.get('type', 'Error')}: {error.get('message', '')}", MAX_ERROR)
-            traceback = clip(error.get("traceback"), MAX_TRACEBACK)
-        elif error is not None:
-            error_line = clip(str(error), MAX_ERROR)
-        stdout = clip(result.get("stdout"), MAX_OUTPUT)
-        stderr = clip(result.get("stderr"), MAX_OUTPUT)
-        args = clip(getattr(task, "args", None), MAX_ARGS)
-        ended = task.ended if task.ended is not None else task.submitted
-        if run_time is None and task.started is not None:
-            run_time = max(0.0, ended - task.started)
-        size = sum(len(s) for s in (args, error_line, traceback, stdout, stderr) if s)
-        return cls(
-            task.id, task.name, task.user, task.priority, task.state_value, task.submitted, task.started,
-            ended, run_time, task.worker, task.hub, task.attempts, getattr(task, "retries", 0), args,
-            error_line, traceback, stdout, stderr, size,
-        )
+        return cls._make(record(task, run_time))
 
     @property
     def wait_time(self) -> float | None:
@@ -104,6 +86,46 @@ class FinishedTask(NamedTuple):
         }
 
 
+def record(task: Any, run_time: float | None = None) -> tuple[Any, ...]:
+    """A finished ``Task`` (or ``KeptTask``) as a plain tuple in :class:`FinishedTask` order.
+
+    ``run_time`` is the worker's measure; without it, from ``started`` to ``ended``. A task that
+    printed nothing and did not fail (the common case) costs one tuple.
+    """
+    live = type(task) is Task  # a KeptTask has neither arguments nor retries
+    started, ended = task.started, task.ended
+    args, retries = (task.args, task.retries) if live else (None, 0)
+    state = task.state._value_ if live else task.state_value
+    if ended is None:
+        ended = task.submitted
+    if run_time is None and started is not None:
+        run_time = max(0.0, ended - started)
+    if args is not None and len(args) > MAX_ARGS:
+        args = clip(args, MAX_ARGS)
+    result = task.result
+    if not result:
+        return (
+            task.id, task.name, task.user, task.priority, state, task.submitted, started, ended,
+            run_time, task.worker, task.hub, task.attempts, retries, args,
+            None, None, None, None, len(args) if args else 0,
+        )
+    error = result.get("error")
+    error_line = traceback = None
+    if isinstance(error, dict):
+        error_line = clip(f"{error.get('type', 'Error')}: {error.get('message', '')}", MAX_ERROR)
+        traceback = clip(error.get("traceback"), MAX_TRACEBACK)
+    elif error is not None:
+        error_line = clip(str(error), MAX_ERROR)
+    stdout = clip(result.get("stdout"), MAX_OUTPUT)
+    stderr = clip(result.get("stderr"), MAX_OUTPUT)
+    size = sum(len(s) for s in (args, error_line, traceback, stdout, stderr) if s)
+    return (
+        task.id, task.name, task.user, task.priority, state, task.submitted, started, ended,
+        run_time, task.worker, task.hub, task.attempts, retries, args,
+        error_line, traceback, stdout, stderr, size,
+    )
+
+
 class History:
     """Finished tasks by id, oldest first; bounded by count, age and text size."""
 
@@ -114,14 +136,14 @@ class History:
         self._records: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
         self._text = 0
 
-    def add(self, record: FinishedTask) -> None:
-        """Keep ``record`` as the newest; the oldest leave while a bound is exceeded."""
+    def add(self, finished: tuple[Any, ...]) -> None:
+        """Keep ``finished`` (a :func:`record`) as the newest; the oldest leave while a bound is exceeded."""
         records = self._records
-        previous = records.pop(record.id, None)
-        if previous is not None:
-            self._text -= previous[-1]
-        records[record.id] = tuple(record)
-        self._text += record.text_size
+        task_id = finished[0]
+        if task_id in records:
+            self._text -= records.pop(task_id)[-1]
+        records[task_id] = finished
+        self._text += finished[-1]
         while len(records) > self.size or self._text > self.text_budget:
             self._text -= records.popitem(last=False)[1][-1]
 

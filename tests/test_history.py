@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,29 +11,30 @@ import pytest
 from jupyter_plb import parameters, protocol
 from jupyter_plb.argsrepr import MAX_LENGTH, args_text
 from jupyter_plb.errors import ParametersError
-from jupyter_plb.history import MAX_OUTPUT, MAX_TRACEBACK, FinishedTask, History, clip
+from jupyter_plb.history import MAX_OUTPUT, MAX_TRACEBACK, FinishedTask, History, clip, record
 from jupyter_plb.taskquery import QueryError, SearchFields, parse
 from jupyter_plb.tasks import Task, TaskState
 
 
-def finished(task_id: str, ended: float, state: TaskState = TaskState.DONE, **result: object) -> FinishedTask:
+def finished(task_id: str, ended: float, state: TaskState = TaskState.DONE, **result: object) -> tuple[Any, ...]:
     task = Task(id=task_id, user="alice", priority=0.0, name="f", route=None, args="1, 2", submitted=ended - 3)
     task.state, task.started, task.ended, task.worker, task.hub = state, ended - 1, ended, "worker_a", "hub_a"
     task.result = dict(result)
-    return FinishedTask.of(task)
+    return record(task)
 
 
 # -- History -------------------------------------------------------------------------------------
 def test_a_failed_record_keeps_traceback_output_arguments_and_timings() -> None:
     error = {"type": "RuntimeError", "message": "kaput", "traceback": "Traceback …\nRuntimeError: kaput\n"}
-    record = finished("t_1", 100.0, TaskState.FAILED, error=error, stdout="hello\n", stderr="warn\n")
-    detail = record.detail()
+    kept = FinishedTask._make(finished("t_1", 100.0, TaskState.FAILED, error=error, stdout="hello\n", stderr="warn\n"))
+    detail = kept.detail()
     assert detail["error"] == "RuntimeError: kaput"
     assert detail["traceback"].endswith("RuntimeError: kaput\n")
     assert (detail["stdout"], detail["stderr"], detail["args"]) == ("hello\n", "warn\n", "1, 2")
     assert (detail["submitted"], detail["started"], detail["ended"]) == (97.0, 99.0, 100.0)
     assert (detail["wait_time"], detail["run_time"]) == (2.0, 1.0)
-    assert (detail["worker"], detail["hub"], detail["state"], detail["progress"]) == ("worker_a", "hub_a", "failed", None)
+    assert (detail["worker"], detail["hub"]) == ("worker_a", "hub_a")
+    assert (detail["state"], detail["progress"]) == ("failed", None)
 
 
 def test_size_bound_drops_the_oldest() -> None:
@@ -86,8 +88,8 @@ def test_clip_keeps_head_and_tail_within_the_limit() -> None:
 
 
 def test_a_malformed_error_from_a_worker_is_kept_as_text() -> None:
-    record = finished("t_x", 100.0, TaskState.FAILED, error="plain string", stdout=["not", "text"])
-    assert (record.error, record.traceback, record.stdout) == ("plain string", None, None)
+    kept = FinishedTask._make(finished("t_x", 100.0, TaskState.FAILED, error="plain string", stdout=["x"]))
+    assert (kept.error, kept.traceback, kept.stdout) == ("plain string", None, None)
 
 
 def test_history_parameters_are_validated() -> None:
@@ -157,7 +159,7 @@ def test_which_tables_a_query_needs() -> None:
 
 
 def test_bad_queries_say_what_to_write() -> None:
-    with pytest.raises(QueryError, match="unknown task state 'bogus'; use one of .*failure"):
+    with pytest.raises(QueryError, match=r"unknown task state 'bogus'; use one of .*failure"):
         parse("state:bogus")
     with pytest.raises(QueryError, match="state: needs a state"):
         parse('state:""')
