@@ -60,17 +60,18 @@ export function taskDetailModel(raw: unknown): ITaskDetail {
   const known = TASK_STATES.includes(state);
   const attempts = asNumberOrNull(d.attempts) ?? 0;
   const retries = asNumberOrNull(d.retries) ?? 0;
+  // Read in pairs (two columns): submitted → waited, started → ran.
   const fields: ITaskField[] = [
     { key: 'user', label: 'User', value: asText(d.user) },
     { key: 'priority', label: 'Priority', value: asText(d.priority) },
     { key: 'worker', label: 'Worker', value: asText(d.worker) || '–' },
     { key: 'hub', label: 'Hub', value: asText(d.hub) || '–' },
-    { key: 'attempts', label: 'Attempts / retries', value: `${attempts} / ${retries}` },
     { key: 'submitted', label: 'Submitted', value: formatTime(d.submitted) },
-    { key: 'started', label: 'Started', value: formatTime(d.started) },
-    { key: 'ended', label: 'Ended', value: formatTime(d.ended) },
     { key: 'wait_time', label: 'Waited', value: formatDuration(asNumberOrNull(d.wait_time)) },
-    { key: 'run_time', label: 'Ran', value: formatDuration(asNumberOrNull(d.run_time)) }
+    { key: 'started', label: 'Started', value: formatTime(d.started) },
+    { key: 'run_time', label: 'Ran', value: formatDuration(asNumberOrNull(d.run_time)) },
+    { key: 'ended', label: 'Ended', value: formatTime(d.ended) },
+    { key: 'attempts', label: 'Attempts / retries', value: `${attempts} / ${retries}` }
   ];
   const reason = asText(d.reason);
   if (reason) {

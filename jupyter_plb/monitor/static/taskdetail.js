@@ -79,18 +79,18 @@
     const pill = $('task-detail-state');
     pill.className = `pill st-${KNOWN_STATES.includes(stateName) ? stateName : 'other'}`;
     pill.textContent = stateName || '?';
-    const rows = [
+    const rows = [  // read in pairs (two columns): submitted → waited, started → ran
       ['name', 'Name', str(t.name)],
       ['user', 'User', str(t.user)],
-      ['priority', 'Priority', str(t.priority)],
       ['worker', 'Worker', str(t.worker) || '–'],
       ['hub', 'Hub', str(t.hub) || '–'],
+      ['priority', 'Priority', str(t.priority)],
       ['attempts', 'Attempts / retries', `${str(t.attempts ?? 0)} / ${str(t.retries ?? 0)}`],
       ['submitted', 'Submitted', fmtTime(t.submitted)],
-      ['started', 'Started', fmtTime(t.started)],
-      ['ended', 'Ended', fmtTime(t.ended)],
       ['wait_time', 'Waited', fmtDur(t.wait_time)],
+      ['started', 'Started', fmtTime(t.started)],
       ['run_time', 'Ran', fmtDur(t.run_time)],
+      ['ended', 'Ended', fmtTime(t.ended)],
     ];
     if (t.reason) rows.push(['reason', 'Waiting because', str(t.reason)]);
     if (num(t.progress) !== null && LIVE_STATES.includes(stateName)) rows.push(['progress', 'Progress', `${t.progress} %`]);
