@@ -868,7 +868,8 @@ class _Submitter:
         return self.status()["hubs"]
 
     def tasks(self, **filters: Any) -> dict[str, Any]:
-        """Tasks known to the balancer: ``state=``, ``user=``, ``name=``, ``offset=``, ``limit=``."""
+        """Tasks known to the balancer: ``state=``, ``user=``, ``name=``, ``query=`` (the monitor's
+        search, e.g. ``"state:failed name:simulate"``), ``offset=``, ``limit=``."""
         return self._connection.request({"type": "tasks", **filters}).header
 
     def cancel(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
