@@ -1504,22 +1504,22 @@ class Balancer:
         wanted = taskquery.parse(query, state=state, user=user, name=name)
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
+        everything = wanted == taskquery.TaskQuery()
         total = 0
         page: list[dict[str, Any]] = []
         if wanted.wants_live:
             for task in self.tasks.unfinished_newest():
-                if wanted.matches(_search_fields(task)):
+                if everything or wanted.matches(_search_fields(task)):
                     if offset <= total < offset + limit:
                         page.append(task.summary())
                     total += 1
         if wanted.wants_finished:
-            for record in self.history.newest():
-                if wanted.matches(taskquery.SearchFields(
-                    record.id, record.name, record.user, record.state, record.worker, record.hub,
-                    record.error, record.args,
+            for kept in self.history.newest():
+                if everything or wanted.matches(taskquery.SearchFields(
+                    kept.id, kept.name, kept.user, kept.state, kept.worker, kept.hub, kept.error, kept.args,
                 )):
                     if offset <= total < offset + limit:
-                        page.append(record.summary())
+                        page.append(kept.summary())
                     total += 1
         return {"total": total, "tasks": page}
 
@@ -1536,10 +1536,10 @@ class Balancer:
                 "wait_time": (started if started is not None else now) - task.submitted,
                 "run_time": now - started if started is not None else None,
             }
-        record = self.history.get(task_id)
-        if record is None and task is not None:
-            record = FinishedTask.of(task)
-        return record.detail() if record is not None else None
+        kept = self.history.get(task_id)
+        if kept is None and task is not None:
+            kept = FinishedTask.of(task)
+        return kept.detail() if kept is not None else None
 
 
 def _search_fields(task: Task) -> taskquery.SearchFields:

@@ -111,3 +111,21 @@ def test_live_tasks_have_a_detail_and_bad_queries_a_clear_error(
     assert "unknown task state 'nonsense'" in api("tasks", 400, q="state:nonsense")["message"]
     assert "unknown task state" in api("tasks", 400, state="done,bogus")["message"]
     assert api("tasks/t_never_seen", 404)["message"].startswith("no such task")
+
+
+def test_a_restarted_balancer_remembers_the_finished_tasks_of_its_journal(tmp_path: Path) -> None:
+    connection_file = tmp_path / "plb-connection.json"
+    params = free_params()
+    with LocalCluster(params, monitor=False, connection_file=connection_file) as first:
+        first.start()
+        first.start_hub(1)
+        with Client(connection_file=connection_file, user="dora") as client:
+            failing = client.submit(explode_task(), 5)
+            assert isinstance(failing.exception(TIMEOUT), RuntimeError)
+    with LocalCluster(params, monitor=False, connection_file=connection_file) as second:
+        second.start()
+        detail = second.call(second.balancer.task_info, failing.task_id)
+        listed = second.call(second.balancer.list_tasks, None, None, None, 0, 10, "state:failed user:dora")
+    assert detail["state"] == "failed" and detail["args"] == "5"
+    assert detail["stdout"] == "explode got 5 in mode fast\n" and detail["traceback"].endswith("RuntimeError: kaput\n")
+    assert [t["id"] for t in listed["tasks"]] == [failing.task_id]
