@@ -76,8 +76,9 @@ def test_a_failed_task_is_found_by_search_after_its_result_is_forgotten(
     assert [t["id"] for t in api("tasks", q="kaput")["tasks"]] == [failing.task_id]
     assert [t["id"] for t in api("tasks", q="args:slow")["tasks"]] == [failing.task_id]
     assert api("tasks", q="state:failed user:bob")["total"] == 0
-    newest_first = api("tasks", q="user:alice", limit=1, offset=0)
-    assert newest_first["total"] == 2 and len(newest_first["tasks"]) == 1
+    pages = [api("tasks", q="user:alice", limit=1, offset=offset) for offset in (0, 1, 2)]
+    assert [p["total"] for p in pages] == [2, 2, 2]
+    assert [[t["id"] for t in p["tasks"]] for p in pages] == [[fine.task_id], [failing.task_id], []]
 
     detail = api(f"tasks/{failing.task_id}")
     assert detail["state"] == "failed" and detail["user"] == "alice" and detail["name"].endswith(".explode")
