@@ -27,8 +27,9 @@ from typing import Any
 
 import zmq
 
-from . import __version__, connection, parameters, protocol, security, sockets, team, versions
+from . import __version__, connection, parameters, protocol, security, sockets, taskquery, team, versions
 from .errors import ConnectionFileError, PlbError, ProtocolError, TaskRejected
+from .history import MAX_ARGS, FinishedTask, History, record
 from .launcher_board import LauncherBoard
 from .protocol import Buffer, Message, Session
 from .scheduler import Scheduler, Slot
@@ -156,6 +157,8 @@ class Balancer:
         self._task_objects: dict[str, tuple[str, ...]] = {}
         self._runs: dict[str, _Run] = {}
         self.stats = Stats()
+        #: Finished tasks for the monitor, kept apart from their results (LB_HISTORY_SIZE, LB_HISTORY_AGE).
+        self.history = History(self.params["LB_HISTORY_SIZE"], self.params["LB_HISTORY_AGE"])
         self.health: dict[str, Any] = {"status": "unknown", "messages": [], "checked": None}
         self.subscribers: set[Callable[[list[dict[str, Any]]], None]] = set()
         self.started = 0.0
@@ -289,6 +292,7 @@ class Balancer:
         """Rebuild queues, running tasks and results from the journal of a previous run."""
         restored = collections.Counter()
         top_seq = 0
+        finished: list[Task] = []
         for stored in self.store.load():
             task = stored.task
             top_seq = max(top_seq, task.seq)
@@ -300,6 +304,7 @@ class Balancer:
             self.tasks[task.id] = task
             restored[task.state.value] += 1
             if task.state.finished:
+                finished.append(task)
                 task.result_digests = [protocol.digest(b) for b in task.result_buffers]
                 task.result_size = sum(len(b) for b in task.result_buffers)
                 self._result_bytes += task.result_size
@@ -315,6 +320,8 @@ class Balancer:
             else:
                 self.scheduler.requeue(task)
         self.scheduler.continue_sequence(top_seq)
+        for task in sorted(finished, key=lambda t: t.ended or 0.0):
+            self.history.add(record(task))
         self._enforce_memory_budget()
         if restored:
             self._orphans_deadline = self.now() + ORPHAN_GRACE * self.params["LB_HEARTBEAT_INTERVAL"]
@@ -668,6 +675,7 @@ class Balancer:
         retries = spec.get("retries", 0)
         if not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
             raise TaskRejected(f"retries must be an integer from 0 to {MAX_RETRIES}")
+        args = spec.get("args")
         return Task(
             id=task_id,
             user=user,
@@ -677,6 +685,7 @@ class Balancer:
             client=client,
             fn=fn,
             payload=spec.get("payload"),
+            args=args[:MAX_ARGS] if isinstance(args, str) else None,
             timeout=float(timeout) if timeout is not None else None,
             retries=retries,
             submitted=now,
@@ -849,6 +858,7 @@ class Balancer:
                 state=header.get("state"),
                 user=user,
                 name=header.get("name"),
+                query=header.get("query"),
                 offset=int(header.get("offset", 0)),
                 limit=int(header.get("limit", 100)),
             ),
@@ -1089,10 +1099,11 @@ class Balancer:
         if hub is not None and worker_id in hub.workers:
             task.hub = hub.id
             hub.workers[worker_id]["done"] += 1
-        self._finish(task, state, now, result, buffers, digests)
-        if _finite(ended) and _finite(started):
+        ran = float(ended) - float(started) if _finite(ended) and _finite(started) else None
+        self._finish(task, state, now, result, buffers, digests, run_time=ran)
+        if ran is not None:
             self.stats.ran(task, float(started), float(ended))
-            self._learn_run_time(worker_id, float(ended) - float(started))
+            self._learn_run_time(worker_id, ran)
 
     def _learn_run_time(self, worker_id: str, seconds: float) -> None:
         """Keep a moving average of a slot's task run time; prefetch only for short tasks."""
@@ -1399,6 +1410,8 @@ class Balancer:
         result: dict[str, Any],
         buffers: list[Buffer] | None = None,
         digests: list[bytes] | None = None,
+        *,
+        run_time: float | None = None,
     ) -> None:
         task.state = state
         task.ended = now
@@ -1414,6 +1427,7 @@ class Balancer:
         self._orphans.pop(task.id, None)
         self.store.finished(task)
         self.stats.finished(task, now)
+        self.history.add(record(task, run_time))
         self._finished.append((now, task.id))
         self._queue_result(task)
         self._event(task)
@@ -1656,6 +1670,7 @@ class Balancer:
                 self._fail(task, "TaskRejected", reason, now)
 
     def _expire(self, now: float) -> None:
+        self.history.expire(now)
         while self._retention and self._retention[0][0] <= now:
             _, task_id = self._retention.popleft()
             task = self.tasks.get(task_id)
@@ -1764,17 +1779,52 @@ class Balancer:
         name: str | None = None,
         offset: int = 0,
         limit: int = 100,
+        query: str | None = None,
     ) -> dict[str, Any]:
+        """Tasks matching ``query`` (:mod:`.taskquery`) and the exact filters: queued and running
+        ones newest first, then finished ones from the history, most recently finished first."""
+        wanted = taskquery.parse(query, state=state, user=user, name=name)
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
-        matches = [
-            t for t in self.tasks.reversed_values()
-            if (state is None or t.state_value == state)
-            and (user is None or t.user == user)
-            and (name is None or t.name == name)
-        ]
-        return {"total": len(matches), "tasks": [t.summary() for t in matches[offset : offset + limit]]}
+        everything = wanted == taskquery.TaskQuery()
+        total = 0
+        page: list[dict[str, Any]] = []
+        if wanted.wants_live:
+            for task in self.tasks.unfinished_newest():
+                if everything or wanted.matches(_search_fields(task)):
+                    if offset <= total < offset + limit:
+                        page.append(task.summary())
+                    total += 1
+        if wanted.wants_finished:
+            for kept in self.history.newest():
+                if everything or wanted.matches(taskquery.SearchFields(
+                    kept.id, kept.name, kept.user, kept.state, kept.worker, kept.hub, kept.error, kept.args,
+                )):
+                    if offset <= total < offset + limit:
+                        page.append(kept.summary())
+                    total += 1
+        return {"total": total, "tasks": page}
 
     def task_info(self, task_id: str) -> dict[str, Any] | None:
+        """A task's full detail (arguments, timings, worker; traceback and output once finished),
+        live or from the history; None if neither knows it."""
         task = self.tasks.get(task_id)
-        return task.summary() if task is not None else None
+        if task is not None and not task.state.finished:
+            started = task.started
+            now = self.now()
+            return {
+                **task.summary(), "retries": task.retries, "args": task.args, "traceback": None,
+                "stdout": None, "stderr": None,
+                "wait_time": (started if started is not None else now) - task.submitted,
+                "run_time": now - started if started is not None else None,
+            }
+        kept = self.history.get(task_id)
+        if kept is None and task is not None:
+            kept = FinishedTask.of(task)
+        return kept.detail() if kept is not None else None
+
+
+def _search_fields(task: Task) -> taskquery.SearchFields:
+    return taskquery.SearchFields(
+        task.id, task.name, task.user, task.state.value, task.worker, task.hub, None, task.args,
+    )

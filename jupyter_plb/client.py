@@ -32,6 +32,7 @@ import cloudpickle
 import zmq
 
 from . import connection, parameters, protocol, security, sockets, versions
+from .argsrepr import args_text
 from .display import BatchCounter
 from .errors import (
     BalancerUnreachable,
@@ -1091,6 +1092,7 @@ class _Submitter:
             "name": str(taskname),
             "route": str(taskname),
             "payload": task,
+            "args": args_text((task,)),
             "user": userid or self._defaults["user"],
             "priority": priority,
             "nbuf": 0,
@@ -1216,6 +1218,7 @@ class _Submitter:
             "user": self._defaults["user"],
             "priority": self._defaults.get("priority", 0),
             "nbuf": len(buffers),
+            "args": args_text(*payload),
             **self._limits(),
         }
         if naming:
@@ -1251,7 +1254,8 @@ class _Submitter:
         return self.status()["hubs"]
 
     def tasks(self, **filters: Any) -> dict[str, Any]:
-        """Tasks known to the balancer: ``state=``, ``user=``, ``name=``, ``offset=``, ``limit=``."""
+        """Tasks known to the balancer: ``state=``, ``user=``, ``name=``, ``query=`` (the monitor's
+        search, e.g. ``"state:failed name:simulate"``), ``offset=``, ``limit=``."""
         return self._connection.request({"type": "tasks", **filters}).header
 
     def cancel(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -47,6 +47,9 @@ EXTRA_DEFAULTS: Parameters = {
     "LB_MAX_MESSAGE_SIZE": 256 << 20,
     "LB_MAX_PEERS": 4096,
     "LB_MAX_QUEUED": 2_000_000,
+    # the monitor's history of finished tasks (jupyter_plb.history), apart from result retention
+    "LB_HISTORY_SIZE": 10_000,
+    "LB_HISTORY_AGE": 86400.0,
     "HC_INTERVAL": 2.0,
     # security (jupyter_plb.security): CurveZMQ "auto" = on when binding beyond loopback
     "LB_CURVE": "auto",
@@ -133,7 +136,8 @@ def _problem(key: str, value: Any) -> str | None:
     elif key == "LB_QUEING_MAXPERUSER":
         if not _is_int(value):
             return f"must be an integer (<= 0: no limit), got {value!r}"
-    elif key in ("LB_PREFETCH", "LB_RESULT_MEMORY", "LB_MAX_MESSAGE_SIZE", "LB_MAX_PEERS", "LB_MAX_QUEUED"):
+    elif key in ("LB_PREFETCH", "LB_RESULT_MEMORY", "LB_MAX_MESSAGE_SIZE", "LB_MAX_PEERS", "LB_MAX_QUEUED",
+                 "LB_HISTORY_SIZE"):
         if not _is_int(value) or value < 0:
             return f"must be an integer >= 0, got {value!r}"
     elif _is_number(default) and (not _is_number(value) or value <= 0):

@@ -248,7 +248,7 @@ class SqliteStore(TaskStore):
     def submitted(self, task: Task) -> None:
         spec = {
             "user": task.user, "priority": task.priority, "name": task.name, "route": task.route,
-            "fn": task.fn, "payload": task.payload, "timeout": task.timeout, "retries": task.retries,
+            "fn": task.fn, "payload": task.payload, "args": task.args, "timeout": task.timeout, "retries": task.retries,
             "chunk": task.chunk, "submitted": task.submitted,
             "client": task.client.decode(errors="replace") if task.client else None,
         }
@@ -397,7 +397,7 @@ class SqliteStore(TaskStore):
             spec = json.loads(spec_json)
             task = Task(
                 id=task_id, user=spec["user"], priority=spec["priority"], name=spec["name"],
-                route=spec["route"], seq=seq, fn=spec["fn"], payload=spec["payload"],
+                route=spec["route"], seq=seq, fn=spec["fn"], payload=spec["payload"], args=spec.get("args"),
                 timeout=spec["timeout"], retries=spec["retries"], chunk=spec.get("chunk", False),
                 attempts=attempts, state=TaskState(state), submitted=spec["submitted"],
                 client=spec["client"].encode() if spec.get("client") else None, worker=worker,

@@ -40,6 +40,8 @@ class Task:
     client: bytes | None = None
     fn: str | None = None
     payload: Any = None
+    #: The client's short text of the arguments (``history.MAX_ARGS`` characters at most), for the monitor.
+    args: str | None = None
     buffers: Sequence[Buffer] = ()
     digests: Sequence[bytes] = ()
     timeout: float | None = None
@@ -171,6 +173,13 @@ class TaskTable(dict[str, Any]):
     def reversed_values(self) -> Iterator[Task | KeptTask]:
         """Newest first."""
         return (self[task_id] for task_id in reversed(self))
+
+    def unfinished_newest(self) -> Iterator[Task]:
+        """Queued and running tasks, newest first (kept ones are skipped without being read)."""
+        return (
+            task for task in reversed(super().values())
+            if type(task) is not tuple and not task.state.finished
+        )
 
 
 def _read(stored: Any) -> Any:

@@ -19,7 +19,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
 from ..errors import BalancerUnreachable, TaskRejected
-from ..tasks import TaskState
+from ..taskquery import QueryError
 from . import PAGE_CSP, STATIC_DIR, dumps
 from .localhub import MAX_WORKERS
 from .service import SETTINGS_KEY, MonitorService
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 #: What a Jupyter Authorizer is asked about (``read``/``write`` on ``plb``).
 AUTH_RESOURCE = "plb"
 JSON_TYPE = "application/json; charset=UTF-8"
-TASK_STATES = frozenset(state.value for state in TaskState)
 MAX_TASKS_LIMIT = 1000
 
 
@@ -85,19 +84,21 @@ class StatusRoute(Route):
 
 
 class TasksRoute(Route):
+    """``?q=`` searches (Flower's syntax, :mod:`..taskquery`); ``state=`` takes ``failed,cancelled``."""
+
     async def get(self) -> None:
-        state = self.get_query_argument("state", None) or None
-        if state is not None and state not in TASK_STATES:
-            raise web.HTTPError(400, f"state must be one of {', '.join(sorted(TASK_STATES))}")
-        self.reply_json(await self.ask(
-            self.balancer.list_tasks(
-                state=state,
+        try:
+            listing = await self.ask(self.balancer.list_tasks(
+                state=self.get_query_argument("state", None) or None,
                 user=self.get_query_argument("user", None) or None,
                 name=self.get_query_argument("name", None) or None,
+                query=self.get_query_argument("q", None) or None,
                 offset=self.int_argument("offset", 0, 1 << 31),
                 limit=self.int_argument("limit", 100, MAX_TASKS_LIMIT),
-            )
-        ))
+            ))
+        except QueryError as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        self.reply_json(listing)
 
 
 class TaskRoute(Route):
@@ -106,7 +107,7 @@ class TaskRoute(Route):
     async def get(self, task_id: str) -> None:
         info = await self.ask(self.balancer.task_info(task_id))
         if info is None:
-            raise web.HTTPError(404, "no such task (unknown, or forgotten after its retention)")
+            raise web.HTTPError(404, "no such task (unknown, or older than the task history keeps)")
         self.reply_json(info)
 
     async def delete(self, task_id: str) -> None:

@@ -831,6 +831,8 @@ export function errorState(
 
 export interface IFailureRow {
   key: string;
+  /** The task id ('' when the server sent none): its detail is `plb/api/tasks/<id>`. */
+  id: string;
   name: string;
   user: string;
   error: string;
@@ -875,6 +877,7 @@ export function viewModel(raw: unknown, maxFailures = 5): IViewModel {
     .slice(0, maxFailures)
     .map((f, i) => ({
       key: f.id || `#${i}`,
+      id: f.id,
       name: f.name || f.id,
       user: f.user,
       error: f.error

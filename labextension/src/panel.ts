@@ -21,6 +21,7 @@ import { refreshIcon } from '@jupyterlab/ui-components';
 import { plbIcon } from './icon';
 import { TeamSection } from './team';
 import { JobsSection } from './jobs';
+import { showTaskDetail } from './taskdialog';
 import {
   errorState,
   IErrorState,
@@ -645,12 +646,23 @@ export class PlbPanel extends Widget {
       failList,
       () => {
         const li = el('li');
+        const head = el('div', 'jp-plb-failure-head');
         const what = el('div', 'jp-plb-failure-what jp-plb-ellipsis');
+        let id = '';
+        const details = button(
+          'Details',
+          'Show the traceback, output, arguments and timings of this task',
+          () => void showTaskDetail(this._settings, id),
+          'jp-plb-small-button jp-plb-task-details'
+        );
+        head.append(what, details);
         const err = el('div', 'jp-plb-failure-error');
-        li.append(what, err);
+        li.append(head, err);
         return {
           node: li,
           update: f => {
+            id = f.id;
+            setHidden(details, !f.id);
             setText(what, f.user ? `${f.name} · ${f.user}` : f.name);
             setText(err, f.error);
             err.title = f.error;

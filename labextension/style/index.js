@@ -1,2 +1,3 @@
 import './base.css';
 import './team.css';
+import './taskdetail.css';

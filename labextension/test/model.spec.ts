@@ -509,7 +509,7 @@ describe('view model', () => {
     expect(vm.sparklineCaption).toBe('done/s, last 1s (peak 800, now 800)');
     expect(vm.localHub).toEqual({ present: true, running: true });
     expect(vm.failures).toEqual([
-      { key: 't_3', name: 'f', user: 'alice', error: 'ZeroDivisionError: division by zero' }
+      { key: 't_3', id: 't_3', name: 'f', user: 'alice', error: 'ZeroDivisionError: division by zero' }
     ]);
     expect(vm.unschedulable.count).toBe(1);
     expect(vm.unschedulable.first).toContain('priority 5000');

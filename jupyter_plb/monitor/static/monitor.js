@@ -16,7 +16,8 @@
  *   #worker-table tbody[data-key=<hub id>] tr.worker-row[data-key=<worker id>][data-state]
  *   #queue-chart[data-series], #wait-chart[data-bars], #throughput-chart[data-points],
  *   #task-stream[data-rects], #tasks-table tbody tr[data-key=<task id>][data-state]
- *   button[data-action="cancel"] in the tasks table.
+ *   button[data-action="cancel"] in the tasks table; a.task-link[href="#task=<id>"] (taskdetail.js
+ *   opens that task's detail).
  */
 'use strict';
 
@@ -301,6 +302,16 @@
       },
     };
   }
+  /** A task id that opens its detail (taskdetail.js follows the #task= fragment). */
+  function taskLinkInit(td) {
+    td.appendChild(el('a', 'task-link'));
+  }
+  function taskLinkRender(td, id) {
+    const a = td.firstChild;
+    setText(a, id);
+    setAttr(a, 'href', `#task=${encodeURIComponent(str(id))}`);
+    setTitle(a, `details of task ${str(id)}`);
+  }
   function nameCellInit(td) {
     td.appendChild(el('span', 'swatch'));
     td.appendChild(document.createTextNode(' '));
@@ -387,6 +398,7 @@
     widths: new Map(),       // chart key → px width (ResizeObserver)
     tasks: new Map(),        // id → task (rows of the tasks table)
     tasksTotal: null,
+    tasksOffset: 0,
     tasksInFlight: false,
     tasksLastFetch: 0,
     tasksTimer: null,
@@ -828,7 +840,7 @@
       text: (f) => `${fmtClock(f.time)}${failuresNow !== null && num(f.time) !== null ? ` (${fmtAgo(failuresNow - num(f.time))})` : ''}`,
       title: (f) => fmtDateTime(f.time),
     },
-    { cls: 'id', text: (f) => f.id },
+    { cls: 'id', init: taskLinkInit, render: (td, f) => taskLinkRender(td, f.id) },
     { init: nameCellInit, render: (td, f) => nameCellRender(td, f.name) },
     { clip: true, text: (f) => f.user, title: (f) => f.user },
     { cls: 'wrap err', text: (f) => trunc(str(f.error), 400), title: (f) => f.error },
@@ -1166,7 +1178,7 @@
   const CANCELLABLE = ['queued', 'running'];
   let tasksNow = null;
   const taskRows = makeRows([
-    { cls: 'id', text: (t) => t.id },
+    { cls: 'id', init: taskLinkInit, render: (td, t) => taskLinkRender(td, t.id) },
     { init: nameCellInit, render: (td, t) => nameCellRender(td, t.name) },
     { clip: true, text: (t) => t.user, title: (t) => t.user },
     { cls: 'num', text: (t) => str(t.priority ?? '') },
@@ -1231,7 +1243,11 @@
     const tasks = [...state.tasks.values()];
     reconcile($('tasks-table').tBodies[0], tasks, (t) => t.id, taskRows.create, updateTaskRow);
     $('tasks-empty').hidden = tasks.length > 0;
-    setText($('tasks-count'), state.tasksTotal !== null ? `(${tasks.length} shown of ${fmtInt(state.tasksTotal)})` : '');
+    const first = state.tasksOffset + 1;
+    setText($('tasks-count'), state.tasksTotal === null ? ''
+      : (tasks.length ? `(${fmtInt(first)}–${fmtInt(first + tasks.length - 1)} of ${fmtInt(state.tasksTotal)})` : `(0 of ${fmtInt(state.tasksTotal)})`));
+    $('tasks-newer').disabled = state.tasksOffset === 0;
+    $('tasks-older').disabled = state.tasksTotal === null || state.tasksOffset + tasks.length >= state.tasksTotal;
   }
   /** Running/waiting times in the tasks table follow the snapshots' clock. */
   function renderTaskTimes() {
@@ -1240,12 +1256,11 @@
   function taskQuery() {
     const p = new URLSearchParams();
     p.set('limit', String(TASKS_LIMIT));
-    const st = $('filter-state').value;
-    const user = $('filter-user').value.trim();
-    const name = $('filter-name').value.trim();
-    if (st) p.set('state', st);
-    if (user) p.set('user', user);
-    if (name) p.set('name', name);
+    if (state.tasksOffset) p.set('offset', String(state.tasksOffset));
+    const states = [...document.querySelectorAll('#filter-states input[name="state"]:checked')].map((c) => c.value);
+    const q = $('filter-q').value.trim();
+    if (states.length) p.set('state', states.join(','));
+    if (q) p.set('q', q);
     return `api/tasks?${p.toString()}`;
   }
   async function refreshTasks() {
@@ -1399,11 +1414,23 @@
       const u = tr && state.snap ? arr(state.snap.users).map(obj).find((x) => str(x.user) === tr.dataset.key) : null;
       if (u) cancelUser(str(u.user), num(u.queued) || 0);
     });
+    const newSearch = () => {
+      state.tasksOffset = 0;
+      refreshTasks();
+    };
     $('tasks-filter').addEventListener('submit', (ev) => {
       ev.preventDefault();
+      newSearch();
+    });
+    $('filter-states').addEventListener('change', newSearch);
+    $('tasks-newer').addEventListener('click', () => {
+      state.tasksOffset = Math.max(0, state.tasksOffset - TASKS_LIMIT);
       refreshTasks();
     });
-    $('filter-state').addEventListener('change', () => refreshTasks());
+    $('tasks-older').addEventListener('click', () => {
+      state.tasksOffset += TASKS_LIMIT;
+      refreshTasks();
+    });
 
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden) {
