@@ -6,6 +6,7 @@ does this on every test run, so a docstring that does not render fails the tests
 
 from __future__ import annotations
 
+import inspect
 import os
 import textwrap
 from typing import Any
@@ -26,6 +27,7 @@ exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autoclass_content = "both"  # the class docstring, then the __init__ one (its arguments)
+autodoc_inherit_docstrings = False  # not ipywidgets' or traitlets' constructor notes
 autodoc_default_options = {"members": True, "undoc-members": True}
 html_theme = "alabaster"
 html_theme_options = {
@@ -59,6 +61,17 @@ def _text_block(text: str) -> nodes.literal_block:
     return block
 
 
+def own_init_signature(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None, return_annotation: str | None
+) -> tuple[str, None] | None:
+    """Traitlets classes (the widgets) report ``HasTraits.__new__``'s ``(*args, **kwargs)``: show their __init__'s."""
+    if what != "class" or "__init__" not in vars(obj) or not (signature or "").startswith("(*args"):
+        return None
+    init = inspect.signature(obj.__init__, eval_str=True)
+    return str(init.replace(parameters=list(init.parameters.values())[1:], return_annotation=init.empty)), None
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("plb-magics", PlbMagicsHelp)
+    app.connect("autodoc-process-signature", own_init_signature)
     return {"parallel_read_safe": True}
