@@ -3,13 +3,14 @@
 Public API: :func:`startAll`, :class:`WorkerHub`, :class:`Client`, :class:`HealthCheck`,
 :class:`Balancer`, :func:`report_progress`, and the Jupyter/IPython extension hooks.
 Heavy imports (jupyter_server, ipywidgets) happen only where they are used.
+
+``__version__`` is the installed distribution's version, which the build takes from
+``labextension/package.json``: one version for the Python package and the lab extension.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Balancer",
@@ -38,12 +39,24 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()["__version__"] = _installed_version()
+        return globals()["__version__"]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jupyter_plb' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jupyter_plb")
+    except PackageNotFoundError:  # a source tree imported without being installed
+        return "0+unknown"
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

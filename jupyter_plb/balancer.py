@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import zmq
 
@@ -80,7 +80,7 @@ class Hub:
 class StoredFunction:
     """A pickle workers cache by digest: a task's function, or a broadcast object."""
 
-    buffers: list[Buffer]
+    buffers: Sequence[Buffer]
     digests: list[bytes]
     refs: int = 0
     #: Broadcast objects: references clients hold (``Client.broadcast``) and have not released.
@@ -113,11 +113,12 @@ def _retained(buffers: Sequence[Buffer]) -> tuple[Buffer, ...]:
     finished tasks a fast map leaves behind add no objects for the garbage collector to visit
     (a memoryview of a received frame is one; bytes are not)."""
     return tuple(
-        bytes(buf) if protocol.buffer_size(buf) < protocol.ZERO_COPY_THRESHOLD else buf for buf in buffers
+        bytes(protocol.buffer_view(buf)) if protocol.buffer_size(buf) < protocol.ZERO_COPY_THRESHOLD else buf
+        for buf in buffers
     )
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -235,7 +236,7 @@ class Balancer:
                 "balancer may be running, or set other ports (0 picks free ones)"
             ) from exc
         for sock in self._sockets.values():
-            self._loop.add_reader(sock.getsockopt(zmq.FD), self._pump)
+            self._loop.add_reader(sock.fileno(), self._pump)
         self.started = self.now()
         self.info = connection.ConnectionInfo(
             address=self.params["LB_IP"],
@@ -290,7 +291,7 @@ class Balancer:
 
     def _restore(self) -> None:
         """Rebuild queues, running tasks and results from the journal of a previous run."""
-        restored = collections.Counter()
+        restored: collections.Counter[str] = collections.Counter()
         top_seq = 0
         finished: list[Task] = []
         for stored in self.store.load():
@@ -380,7 +381,7 @@ class Balancer:
     def _close_sockets(self) -> None:
         for sock in self._sockets.values():
             if self._loop is not None and not sock.closed:
-                self._loop.remove_reader(sock.getsockopt(zmq.FD))
+                self._loop.remove_reader(sock.fileno())
             sock.close(linger=0)
         self._sockets.clear()
         if self.curve is not None:
@@ -430,7 +431,7 @@ class Balancer:
             sock = self._sockets[role]
             deadline = time.perf_counter() + DRAIN_SECONDS
             for _ in range(DRAIN_BUDGET):
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     break
                 frames = protocol.recv_ready(sock)
                 if frames is None:
@@ -447,7 +448,7 @@ class Balancer:
         self._dispatch()
         self._flush()
         self._commit()
-        if busy or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._sockets.values()):
+        if busy or any(cast(int, s.getsockopt(zmq.EVENTS)) & zmq.POLLIN for s in self._sockets.values()):
             self._schedule_pump()
 
     def _handle(
@@ -1067,7 +1068,7 @@ class Balancer:
         digests: list[bytes],
         now: float,
     ) -> None:
-        task_id = info.get("id")
+        task_id: Any = info.get("id")
         self._stealing.pop(task_id, None)
         released = self.scheduler.release(worker_id, task_id) if isinstance(task_id, str) else None
         slot = self.scheduler.slot_of(worker_id)
@@ -1086,7 +1087,7 @@ class Balancer:
         elif task.worker != worker_id and task.worker is not None:
             self._skip_on_worker(task)
         state = TaskState.DONE if info.get("state") == "done" else TaskState.FAILED
-        result = {
+        result: dict[str, Any] = {
             key: info[key]
             for key in ("error", "stdout", "stderr")
             if key in info and info[key] is not None
@@ -1366,6 +1367,7 @@ class Balancer:
                 spec["fn"] = task.fn
                 if task.chunk:
                     spec["chunk"] = True
+                assert task.fn is not None
                 stored = self.functions[task.fn]
                 if self._ship(cache, task.fn, stored, buffers, digests):
                     spec["fnbuf"] = len(stored.buffers)

@@ -24,9 +24,9 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import zmq
@@ -210,7 +210,7 @@ class PlbFuture(concurrent.futures.Future):
             return super().cancel()
         return False
 
-    def __await__(self):  # type: ignore[override]
+    def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
 
     @property
@@ -596,7 +596,7 @@ class _Connection:
             self.send({**header, "req": req}, buffers)
 
     def _receive(self) -> None:
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             frames = protocol.recv_ready(self.socket)
             if frames is None:
                 break
@@ -663,7 +663,7 @@ class _Connection:
                     fut.set_exception(UnknownTask(f"the balancer lost task {task_id}"))
 
     def _on_submitted(self, msg: Message) -> None:
-        self.unacked.pop(msg.header.get("req"), None)
+        self.unacked.pop(msg.header.get("req", ""), None)
         for task_id, reason in msg.header.get("rejected", {}).items():
             fut = self.futures.pop(task_id, None)
             if fut is not None and not fut.done():

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -95,16 +95,16 @@ class HealthCheck:
         try:
             while True:
                 if sock is None:
-                    sock = sockets.connect_dealer(
+                    sock = cast(zmq.asyncio.Socket, sockets.connect_dealer(
                         context, info.health_url, protocol.new_id("hc"), linger_ms=0, curve=curve
-                    )
+                    ))
                 counter += 1
                 req = f"hc{counter}"
                 await sock.send_multipart(session.serialize({"type": "health", "req": req}))
                 report = None
                 deadline = time.monotonic() + reply_timeout
                 while report is None and (left := deadline - time.monotonic()) > 0:
-                    if not await sock.poll(left * 1000):
+                    if not await sock.poll(int(left * 1000)):
                         break
                     frames = await sock.recv_multipart(copy=False)
                     try:

@@ -207,7 +207,7 @@ class WorkerHub:
         self._socket = sockets.connect_dealer(
             self._context, self._info.worker_url, self.id, linger_ms=500, curve=self._curve
         )
-        self._loop.add_reader(self._socket.getsockopt(zmq.FD), self._on_readable)
+        self._loop.add_reader(self._socket.fileno(), self._on_readable)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self._loop.add_signal_handler(sig, self._begin_drain)
@@ -346,7 +346,7 @@ class WorkerHub:
                 proc.process.wait()
             self._forget_worker(proc)
         assert self._loop is not None and self._socket is not None and self._context is not None
-        self._loop.remove_reader(self._socket.getsockopt(zmq.FD))
+        self._loop.remove_reader(self._socket.fileno())
         self._socket.close(linger=500)
         self._context.term()
         log.info("WKHUB - %s stopped", self.name)
@@ -393,7 +393,7 @@ class WorkerHub:
         if msg.type in ("hub_welcome", "heartbeat_ack", "drain_ack"):
             self._answered()
         if msg.type in ("hub_welcome", "heartbeat_ack"):
-            interval = msg.header.get("heartbeat")
+            interval: Any = msg.header.get("heartbeat")
             valid = isinstance(interval, int | float) and 0.01 <= interval <= 60
             if valid and interval != self.heartbeat_interval:
                 self.heartbeat_interval = float(interval)

@@ -331,6 +331,8 @@ class MapView(ClientView):
 class PlbMagics(Magics):
     """``%plb SUBCOMMAND …`` and ``%%plb submit``; see ``%plb?``."""
 
+    shell: Any
+
     def __init__(self, shell: Any, connection_file: str | Path | None = None) -> None:
         super().__init__(shell)
         self.connection_file = connection_file
@@ -505,8 +507,8 @@ class PlbMagics(Magics):
         for fut in futures if batch.counter.failed or batch.counter.cancelled else ():
             if fut.cancelled():
                 raise UsageError(f"task {fut.task_id} of the map was cancelled")
-            if fut.exception() is not None:
-                raise with_remote_traceback(fut.exception(), fut)
+            if (exc := fut.exception()) is not None:
+                raise with_remote_traceback(exc, fut)
         results = [fut.result() for fut in futures]
         return [x for chunk in results for x in chunk] if args.chunksize > 1 else results
 

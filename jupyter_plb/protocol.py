@@ -118,7 +118,7 @@ class Session:
         head = json.dumps(header, separators=(",", ":")).encode()
         declared = b"".join(digests if digests is not None else [digest(b) for b in buffers])
         sizes: list[int] = []
-        inline: list[Buffer] = []
+        inline: list[bytes | memoryview] = []
         external: list[Buffer] = []
         for buf in buffers:
             size = buffer_size(buf)
@@ -285,7 +285,7 @@ def _plain(obj: Any, depth: int = 2) -> bool:
     return False
 
 
-def dumps(obj: Any) -> list[bytes | memoryview]:
+def dumps(obj: Any) -> list[Buffer]:
     """Pickle ``obj`` (protocol 5): the pickle first, then out-of-band buffers.
 
     Plain data (numbers, strings, bytes and small containers of them) takes the standard pickler,

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.auth
@@ -74,7 +74,7 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         pass
     try:
-        addresses = {info[4][0] for info in stdsocket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in stdsocket.getaddrinfo(host, None)}
     except (OSError, UnicodeError):
         return False
     return bool(addresses) and all(
@@ -178,7 +178,9 @@ def read_certificate(path: str | Path, *, secret: bool) -> Certificate:
         raise CertificateError(f"{path}: no such certificate") from None
     except (OSError, UnicodeError) as exc:
         raise CertificateError(f"{path}: cannot read the certificate ({exc})") from None
-    section, values, metadata = "", {}, {}
+    section = ""
+    values: dict[str, str] = {}
+    metadata: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.rstrip()
         if not line.strip() or line.lstrip().startswith("#"):
@@ -492,7 +494,7 @@ class CurveServer:
         return cls(directory, ServerKeys(cert.public, cert.secret), allow)
 
     def start(
-        self, context: zmq.Context, on_denied: Callable[[str, str], None] | None = None
+        self, context: zmq.Context, on_denied: Callable[[str, str], object] | None = None
     ) -> None:
         def denied(domain: str, why: str) -> None:
             self.denied[domain] += 1
@@ -512,7 +514,7 @@ class CurveServer:
 def frame_user(frame: zmq.Frame) -> str | None:
     """The ``User-Id`` the authenticator gave the connection a received frame came from."""
     try:
-        return frame.get("User-Id")
+        return cast(str, frame.get("User-Id"))
     except (zmq.ZMQError, AttributeError):
         return None
 

@@ -95,7 +95,7 @@ def probe_handshake(url: str, curve: PeerKeys, timeout: float) -> int | None:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
         sock.connect(url)
-        if not monitor.poll(timeout * 1000):
+        if not monitor.poll(int(timeout * 1000)):
             return None
         return int(recv_monitor_message(monitor)["event"])
     finally:

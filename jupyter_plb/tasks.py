@@ -163,7 +163,7 @@ class TaskTable(dict[str, Any]):
     def __getitem__(self, task_id: str) -> Task | KeptTask:
         return _read(super().__getitem__(task_id))
 
-    def get(self, task_id: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, task_id: str, default: Any = None) -> Any:
         found = super().get(task_id, default)
         return _read(found) if found is not default else default
 

@@ -381,10 +381,10 @@ class _Worker:
         if route is not None:
             if route not in self.routes:
                 raise LookupError(f"this hub has no task named {route!r} (addTask it on the hub)")
-            fn, kwargs, wants_progress = self.routes[route]
+            handler, kwargs, wants_progress = self.routes[route]
             extra = {"progress": report_progress} if wants_progress else {}
-            return fn(task=spec.get("payload"), **kwargs, **extra)
-        fn = self.functions.get(spec.get("fn"))
+            return handler(task=spec.get("payload"), **kwargs, **extra)
+        fn = self.functions.get(spec.get("fn", ""))
         if fn is None:
             raise LookupError("the task's function did not reach this worker")
         if isinstance(fn, Exception):
