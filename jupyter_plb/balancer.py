@@ -764,7 +764,7 @@ class Balancer:
         count = int(msg.header.get("nbuf", 0))
         if count != len(msg.buffers):
             raise TaskRejected("run result buffers missing from the message")
-        info = {k: msg.header.get(k) for k in ("state", "error") if k in msg.header}
+        info: dict[str, Any] = {k: msg.header.get(k) for k in ("state", "error") if k in msg.header}
         run.results.append(({**info, "worker": worker_id, "nbuf": count}, msg.buffers, msg.digests))
         run.waiting.discard(worker_id)
         self._answer_run(str(msg.header.get("id")))
@@ -1100,11 +1100,11 @@ class Balancer:
         if hub is not None and worker_id in hub.workers:
             task.hub = hub.id
             hub.workers[worker_id]["done"] += 1
-        ran = float(ended) - float(started) if _finite(ended) and _finite(started) else None
-        self._finish(task, state, now, result, buffers, digests, run_time=ran)
-        if ran is not None:
-            self.stats.ran(task, float(started), float(ended))
-            self._learn_run_time(worker_id, ran)
+        span = (float(started), float(ended)) if _finite(started) and _finite(ended) else None
+        self._finish(task, state, now, result, buffers, digests, run_time=span[1] - span[0] if span else None)
+        if span is not None:
+            self.stats.ran(task, *span)
+            self._learn_run_time(worker_id, span[1] - span[0])
 
     def _learn_run_time(self, worker_id: str, seconds: float) -> None:
         """Keep a moving average of a slot's task run time; prefetch only for short tasks."""

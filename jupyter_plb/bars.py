@@ -116,9 +116,9 @@ def _follow(target: Any) -> tuple[BatchCounter, str, Callable[[], Collection[str
         user = batch.submitter._defaults.get("user")
         return counter, f"{batch.name} map", running_tasks(connection, user)
     futures = [target] if isinstance(target, concurrent.futures.Future) else _futures(target)
-    connection = next((c for f in futures if (c := getattr(f, "_connection", None)) is not None), None)
+    owner = next((c for f in futures if (c := getattr(f, "_connection", None)) is not None), None)
     label = getattr(futures[0], "name", "task") if len(futures) == 1 else f"{len(futures)} tasks"
-    return BatchCounter(futures), label, running_tasks(connection) if connection is not None else None
+    return BatchCounter(futures), label, running_tasks(owner) if owner is not None else None
 
 
 def _futures(target: Iterable[Any]) -> list[Any]:

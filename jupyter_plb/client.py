@@ -913,7 +913,7 @@ class _Completed(Iterator[PlbFuture]):
         return self
 
     def __next__(self) -> PlbFuture:
-        return next(self._futures)
+        return cast(PlbFuture, next(self._futures))
 
     def __len__(self) -> int:
         return self._length
@@ -1265,7 +1265,7 @@ class _Submitter:
         """Scale Slurm hub jobs to the queue (``jupyter_plb.adapter.adapt_slurm``); ``.stop()`` ends it."""
         from .adapter import adapt_slurm
 
-        return adapt_slurm(self, minimum, maximum, **options)
+        return adapt_slurm(cast("Client", self), minimum, maximum, **options)
 
     def report_jobs(self, launcher: dict[str, Any]) -> None:
         """Tell the balancer a launcher's job table (shown in the monitor and the Lab panel)."""

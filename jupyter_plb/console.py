@@ -19,7 +19,7 @@ def _logging_configured() -> bool:
     return bool(logging.getLogger().handlers)
 
 
-class _SeedConsole(logging.StreamHandler):  # type: ignore[type-arg]
+class _SeedConsole(logging.StreamHandler):
     """Prints records as the seed did, only while nobody configured logging."""
 
     def filter(self, record: logging.LogRecord) -> bool:

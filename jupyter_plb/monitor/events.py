@@ -20,6 +20,7 @@ from . import dumps
 
 if TYPE_CHECKING:
     from ..balancer import Balancer
+    from .remote import RemoteBalancer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Channel:
 class EventStream:
     """The balancer's events for every connected listener; subscribed only while one is."""
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: Balancer | RemoteBalancer) -> None:
         self.balancer = balancer
         self.channels: set[Channel] = set()
         self.dropped_events = 0

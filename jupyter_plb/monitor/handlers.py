@@ -27,6 +27,7 @@ from .service import SETTINGS_KEY, MonitorService
 if TYPE_CHECKING:
     from ..balancer import Balancer
     from .events import Channel
+    from .remote import RemoteBalancer
 
 #: What a Jupyter Authorizer is asked about (``read``/``write`` on ``plb``).
 AUTH_RESOURCE = "plb"
@@ -44,7 +45,7 @@ class Route(web.RequestHandler):
         return self.settings[SETTINGS_KEY]
 
     @property
-    def balancer(self) -> Balancer:
+    def balancer(self) -> Balancer | RemoteBalancer:
         return self.monitor.balancer
 
     if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -131,11 +131,12 @@ class RemoteBalancer:
         self.info = connection.read(self.connection_path)
         curve = security.peer_keys(self.info, self.params, "clients")
         self._session = Session(self.info.key_bytes, max_message_size=self.params["LB_MAX_MESSAGE_SIZE"])
-        self._socket = sockets.connect_dealer(
+        sock = cast(zmq.asyncio.Socket, sockets.connect_dealer(
             self._context, self.info.client_url, f"{self._id}-{next(self._counter)}", linger_ms=0, curve=curve
-        )
-        self._tasks.append(asyncio.get_running_loop().create_task(self._read(self._socket)))
-        return self._socket
+        ))
+        self._socket = sock
+        self._tasks.append(asyncio.get_running_loop().create_task(self._read(sock)))
+        return sock
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
         while True:
