@@ -7,6 +7,7 @@
  * only (no HTML from the server). The section hides itself while no launcher
  * reports.
  */
+import { el } from './dom';
 
 export type JobState = 'pending' | 'running' | 'ending';
 
@@ -79,16 +80,6 @@ export function jobRows(snapshot: unknown): ILauncherRow[] {
   });
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  content = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  node.textContent = content;
-  return node;
-}
 
 /** The section's DOM inside `parent`; call `update` with each snapshot. */
 export class JobsSection {

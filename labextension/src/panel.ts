@@ -36,6 +36,7 @@ import {
   SPARK_WIDTH,
   viewModel
 } from './model';
+import { el } from './dom';
 
 /** Command ids, shared with index.ts. */
 export namespace CommandIDs {
@@ -59,20 +60,6 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 /* Small DOM helpers                                                    */
 /* ------------------------------------------------------------------ */
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className = '',
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 function setText(node: Node, text: string): void {
   if (node.textContent !== text) {

@@ -13,20 +13,11 @@ import {
   taskDetailModel,
   taskDetailPath
 } from './taskdetail';
+import { el } from './dom';
 
 const REFRESH_MS = 2000;
 const STATE_MODS = [...TASK_STATES, 'other'].map(s => `jp-plb-mod-${s}`);
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  node.textContent = text;
-  return node;
-}
 
 /** The dialog's body; `data-state` and `data-task-id` on its node are hooks for browser tests. */
 class TaskDetailBody extends Widget {

@@ -4,21 +4,8 @@
  * balancer does not answer. Built once with createElement; text only through textContent.
  */
 import { teamView } from './teamModel';
+import { el } from './dom';
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className = '',
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 export class TeamSection {
   constructor(section: HTMLElement) {
