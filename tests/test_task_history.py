@@ -96,6 +96,7 @@ def test_live_tasks_have_a_detail_and_bad_queries_a_clear_error(
 ) -> None:
     with Client(connection_file=cluster.connection_file, user="carol") as client:
         sleeper = client.submit(time.sleep, 60)
+        client.status()  # the submit has reached the balancer
         running = wait_for(lambda: api(f"tasks/{sleeper.task_id}")["state"] == "running"
                            and api(f"tasks/{sleeper.task_id}"), what="the sleeper to run")
         assert running["args"] == "60" and running["worker"].startswith("worker_")
