@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT_MS = 30_000
+#: The Load Balancer side-bar panel of the lab extension.
+PANEL = "#jupyter-plb-panel"
 
 
 @dataclass
@@ -176,3 +181,22 @@ def standalone_monitor(tmp_path: Path) -> Iterator[MonitorServer]:
 @pytest.fixture(params=["jupyter", "standalone"])
 def monitor_server(request: pytest.FixtureRequest) -> MonitorServer:
     return request.getfixturevalue(f"{request.param}_monitor")
+
+
+def open_lab_panel(page: Any, base: str, token: str) -> Any:
+    """Load JupyterLab at ``base``, wait for its splash to go, open the Load Balancer tab."""
+    page.goto(f"{base}/lab?reset&token={token}")
+    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]')
+    tab.wait_for(timeout=TIMEOUT_MS)
+    tab.click()
+    return page.locator(PANEL)
+
+
+def answers(url: str) -> bool:
+    """Does ``url`` answer 200 right now?"""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

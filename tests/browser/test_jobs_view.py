@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jupyter_plb.client import Client
-from tests.browser.conftest import ARTIFACTS, HOSTILE, MonitorServer
+from tests.browser.conftest import ARTIFACTS, HOSTILE, MonitorServer, open_lab_panel
 from tests.browser.test_lab_panel import PANEL, TIMEOUT_MS, Lab, lab, lab_extension  # noqa: F401
 
 pytest.importorskip("playwright.sync_api")
@@ -44,10 +44,7 @@ def report(connection_file: Path, closed: bool = False) -> None:
 def test_lab_panel_lists_each_adapters_jobs(lab: Lab, page: Any) -> None:  # noqa: F811 (the fixture)
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(str(error)))
-    page.goto(f"{lab.base}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]').click()
-    panel = page.locator(PANEL)
+    panel = open_lab_panel(page, lab.base, lab.token)
     expect(panel.locator(".jp-plb-body")).to_be_visible(timeout=TIMEOUT_MS)
     title = panel.locator(".jp-plb-section-title", has_text="Batch jobs")
     expect(title).to_be_hidden()  # no launcher reports yet

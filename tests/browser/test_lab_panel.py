@@ -31,7 +31,17 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.launch import stop_process
-from tests.browser.conftest import ARTIFACTS, HOSTILE, free_port, hostile_task, lab_command
+from tests.browser.conftest import (
+    ARTIFACTS,
+    HOSTILE,
+    PANEL,
+    TIMEOUT_MS,
+    answers,
+    free_port,
+    hostile_task,
+    lab_command,
+    open_lab_panel,
+)
 from tests.conftest import ROOT, wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -41,8 +51,6 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.timeout(420)
 
 EVIL_USER = "<b>evil</b>"
-TIMEOUT_MS = 30_000
-PANEL = "#jupyter-plb-panel"
 LAB_EXTENSION = ROOT / "jupyter_plb" / "labextension"
 LAB_SOURCES = ROOT / "labextension"
 
@@ -134,14 +142,6 @@ class Lab:
             return json.load(response)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _local_hub_pids(lab: Lab) -> list[int]:
     try:
         hubs = lab.api("/plb/api/status").get("hubs", [])
@@ -213,7 +213,7 @@ def lab(lab_extension: Path, tmp_path: Path) -> Iterator[Lab]:
     hub_pids: list[int] = []
     try:
         wait_for(
-            lambda: server.poll() is not None or _answers(f"{running.base}/api/status?token={token}"),
+            lambda: server.poll() is not None or answers(f"{running.base}/api/status?token={token}"),
             timeout=90,
             what="JupyterLab to answer",
         )
@@ -283,14 +283,8 @@ def test_lab_panel_live_counts_hostile_names_monitor_and_themes(lab: Lab, page: 
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda error: page_errors.append(str(error)))
 
-    page.goto(f"{lab.base}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-
     # -- open the panel from its side-bar tab
-    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]')
-    tab.wait_for(timeout=TIMEOUT_MS)
-    tab.click()
-    panel = page.locator(PANEL)
+    panel = open_lab_panel(page, lab.base, lab.token)
     expect(panel).to_be_visible(timeout=TIMEOUT_MS)
     expect(panel.locator(".jp-plb-title")).to_have_text("Load Balancer")
 

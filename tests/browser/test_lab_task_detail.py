@@ -8,8 +8,8 @@ import pytest
 
 from jupyter_plb.client import Client
 from tests.browser import test_lab_panel
-from tests.browser.conftest import ARTIFACTS, HOSTILE
-from tests.browser.test_lab_panel import PANEL, TIMEOUT_MS, Lab, assert_no_markup
+from tests.browser.conftest import ARTIFACTS, HOSTILE, open_lab_panel
+from tests.browser.test_lab_panel import TIMEOUT_MS, Lab, assert_no_markup
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect
@@ -32,10 +32,7 @@ def broken_task() -> Any:
 def test_a_recent_failure_opens_its_detail_in_the_lab_panel(lab: Lab, page: Any) -> None:
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(str(error)))
-    page.goto(f"{lab.base}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]').click()
-    panel = page.locator(PANEL)
+    panel = open_lab_panel(page, lab.base, lab.token)
     expect(panel.locator(".jp-plb-conn.jp-plb-mod-live")).to_be_visible(timeout=TIMEOUT_MS)
 
     with Client(connection_file=lab.connection_file, user="alice") as client:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, open_lab_panel
 from tests.browser.test_lab_panel import PANEL, TIMEOUT_MS, Lab, lab, lab_extension  # noqa: F401 (fixtures)
 from tests.test_version_skew import OTHER, FakeHub
 
@@ -29,12 +29,7 @@ def test_lab_panel_shows_worker_usage_and_version_skew(lab: Lab, page: Any) -> N
     thread = threading.Thread(target=fake_hub)
     thread.start()
     try:
-        page.goto(f"{lab.base}/lab?reset&token={lab.token}")
-        page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-        tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]')
-        tab.wait_for(timeout=TIMEOUT_MS)
-        tab.click()
-        panel = page.locator(PANEL)
+        panel = open_lab_panel(page, lab.base, lab.token)
         expect(panel.locator(".jp-plb-conn.jp-plb-mod-live")).to_be_visible(timeout=TIMEOUT_MS)
         local = panel.locator(".jp-plb-hub").filter(has=page.locator(".jp-plb-tag:visible"))
         expect(local.locator(".jp-plb-worker-usage")).to_have_text(

@@ -33,7 +33,7 @@ import pytest
 from jupyter_plb import security
 from jupyter_plb.client import Client
 from jupyter_plb.launch import stop_process
-from tests.browser.conftest import ARTIFACTS, free_port, lab_command
+from tests.browser.conftest import ARTIFACTS, TIMEOUT_MS, answers, free_port, lab_command, open_lab_panel
 from tests.browser.test_lab_panel import PANEL, lab_extension  # noqa: F401  (a fixture)
 from tests.conftest import ROOT, wait_for
 
@@ -44,7 +44,6 @@ websocket = pytest.importorskip("websocket")
 
 pytestmark = pytest.mark.timeout(300)
 
-TIMEOUT_MS = 30_000
 TASKS_EACH = 6
 TASK_SECONDS = 0.4
 KERNEL_SETUP = f"""
@@ -170,14 +169,6 @@ def _api(base: str, token: str, path: str, method: str = "GET", body: Any = None
     return json.loads(text) if text else None
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _start_lab(user: str, folder: Path, extension: Path, team_file: Path, cert: Path) -> TeamLab:
     dirs = {
         name: folder / name.lower()
@@ -233,7 +224,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, lab_extension: Path) -> Itera
             )
         for lab in pool.labs.values():
             wait_for(
-                lambda lab=lab: lab.process.poll() is not None or _answers(f"{lab.base}/api/status?token={lab.token}"),
+                lambda lab=lab: lab.process.poll() is not None or answers(f"{lab.base}/api/status?token={lab.token}"),
                 90, f"{lab.user}'s JupyterLab to answer",
             )
             assert lab.process.poll() is None, lab.log.read_text()
@@ -251,12 +242,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, lab_extension: Path) -> Itera
 
 
 def _open_panel(page: Any, lab: TeamLab) -> Any:
-    page.goto(f"{lab.base}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
-    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="jupyter-plb-panel"]')
-    tab.wait_for(timeout=TIMEOUT_MS)
-    tab.click()
-    panel = page.locator(PANEL)
+    panel = open_lab_panel(page, lab.base, lab.token)
     expect(panel.locator(".jp-plb-body")).to_be_visible(timeout=TIMEOUT_MS)
     return panel
 

@@ -14,11 +14,9 @@ from playwright.sync_api import expect
 from jupyter_plb import parameters
 from jupyter_plb.client import Client
 from jupyter_plb.launch import LocalCluster
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, TIMEOUT_MS
 from tests.conftest import wait_for, worker_count
 from tests.test_version_skew import OTHER, FakeHub
-
-TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
