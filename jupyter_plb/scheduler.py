@@ -438,16 +438,15 @@ class Scheduler:
         for slot in self._provisional.values():
             if slot.provisional_user != queue.user.name:
                 continue
-            for task in itertools.islice(slot.assigned.values(), 1, None):
-                if task.id in self._revoked:
-                    continue
-                if (
-                    task.seq < head.seq
-                    and idle.accepts((task.priority, task.route))
-                    and (older is None or task.seq < older[1].seq)
-                ):
-                    older = (slot, task)
-                break
+            waiting = itertools.islice(slot.assigned.values(), 1, None)
+            oldest = next((task for task in waiting if task.id not in self._revoked), None)
+            if (
+                oldest is not None
+                and oldest.seq < head.seq
+                and idle.accepts((oldest.priority, oldest.route))
+                and (older is None or oldest.seq < older[1].seq)
+            ):
+                older = (slot, oldest)
         if older is None:
             return False
         idle.awaiting = older[1].id
@@ -475,10 +474,11 @@ class Scheduler:
         They stay on their slot, counted as running, until the worker hands them back
         (``release``) or reports them, if it had started one already.
         """
-        revoked, self._recalls = self._recalls, []
+        recalled, self._recalls = self._recalls, []  # marked revoked when they were recalled
         if not self._recheck_provisional:
-            return revoked
+            return recalled
         self._recheck_provisional = False
+        revoked: list[tuple[Slot, Task]] = []
         for slot in list(self._provisional.values()):
             held = list(slot.assigned.values())
             if self._others_queued(slot, slot.provisional_user):
@@ -487,7 +487,7 @@ class Scheduler:
             else:
                 revoked.extend((slot, task) for task in held[slot.capacity:])
         self._revoked.update(task.id for _, task in revoked)
-        return revoked
+        return recalled + revoked
 
     def _others_queued(self, slot: Slot, user: str | None) -> bool:
         """Does a user other than ``user`` have a queued task ``slot`` could run?"""
