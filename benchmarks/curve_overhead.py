@@ -30,7 +30,7 @@ import workloads  # noqa: E402
 
 from jupyter_plb import security  # noqa: E402
 from jupyter_plb.client import Client  # noqa: E402
-from jupyter_plb.launch import stop_process  # noqa: E402
+from jupyter_plb.workers.spawn import stop_process  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
@@ -61,7 +61,7 @@ def balancer(curve: bool, workers: int) -> Iterator[Client]:
         params.write_text(json.dumps(values))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
         process = subprocess.Popen(
-            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start",
+            [sys.executable, "-m", "jupyter_plb", "start",
              "-p", str(params), "--connection-file", str(conn), "--no-monitor",
              "--workers", str(workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -53,7 +53,7 @@ def bench(kind, n):
 def balancer(workers: int) -> Iterator[Path]:
     """``plb start --workers N`` as a child process; yields its connection file once ready."""
     from jupyter_plb.client import Client
-    from jupyter_plb.launch import stop_process
+    from jupyter_plb.workers.spawn import stop_process
 
     folder = Path(tempfile.mkdtemp(prefix="plb-bench-"))
     params = folder / "parameters.json"
@@ -62,8 +62,8 @@ def balancer(workers: int) -> Iterator[Path]:
     process = subprocess.Popen(
         [
             sys.executable,
-            "-c",
-            "from jupyter_plb.cli import main; main()",
+            "-m",
+            "jupyter_plb",
             "start",
             "-p",
             str(params),

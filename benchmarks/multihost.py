@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jupyter_plb import security  # noqa: E402
-from jupyter_plb.launch import stop_process  # noqa: E402
+from jupyter_plb.workers.spawn import stop_process  # noqa: E402
 from tests.netns import NetnsUnavailable, Network  # noqa: E402
 
-PLB = [sys.executable, "-c", "from jupyter_plb.cli import main; main()"]
+PLB = [sys.executable, "-m", "jupyter_plb"]
 
 CLIENT = r'''
 import json, sys, threading, time

@@ -39,7 +39,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import workloads  # noqa: E402
 
 from jupyter_plb.client import Client  # noqa: E402
-from jupyter_plb.launch import start_local_hub, stop_process  # noqa: E402
+from jupyter_plb.workers.spawn import start_local_hub, stop_process  # noqa: E402
 
 MB = 1 << 20
 
@@ -85,7 +85,7 @@ def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, flo
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
         started = time.perf_counter()
         balancer = subprocess.Popen(
-            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start",
+            [sys.executable, "-m", "jupyter_plb", "start",
              "-p", str(params), "--connection-file", str(conn), "--no-monitor"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
@@ -168,8 +168,8 @@ def scheduler_cost(queued: int, measured: int = 20_000, rounds: int = 3) -> tupl
     Each is the best of ``rounds`` rounds of ``measured`` operations (as ``timeit`` does), so a
     burst of other work on the machine does not decide the ratio.
     """
-    from jupyter_plb.scheduler import Scheduler
-    from jupyter_plb.tasks import Task
+    from jupyter_plb.core.scheduler import Scheduler
+    from jupyter_plb.core.tasks import Task
 
     scheduler = Scheduler(max_queued_per_user=0)
     for i in range(queued):

@@ -29,18 +29,20 @@ _LAZY = {
     "Balancer": "balancer",
     "Client": "client",
     "as_completed": "client",
-    "progress": "bars",
-    "HealthCheck": "healthcheck",
-    "LocalCluster": "launch",
-    "startAll": "launch",
-    "WorkerHub": "hub",
-    "report_progress": "worker",
+    "progress": "client.progress",
+    "HealthCheck": "balancer.healthcheck",
+    "LocalCluster": "cluster.launch",
+    "startAll": "cluster.launch",
+    "WorkerHub": "workers.hub",
+    "report_progress": "workers.worker",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        globals()["__version__"] = _installed_version()
+        from jupyter_plb.core.versions import package_version
+
+        globals()["__version__"] = package_version()
         return globals()["__version__"]
     module = _LAZY.get(name)
     if module is None:
@@ -50,17 +52,8 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("jupyter_plb")
-    except PackageNotFoundError:  # a source tree imported without being installed
-        return "0+unknown"
-
-
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .extension import PlbExtension
+    from jupyter_plb.jupyter.extension import PlbExtension
 
     return [{"module": "jupyter_plb", "app": PlbExtension}]
 
@@ -70,12 +63,12 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import register
+    from jupyter_plb.jupyter.magics import register
 
     register(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .magics import unregister
+    from jupyter_plb.jupyter.magics import unregister
 
     unregister(ipython)

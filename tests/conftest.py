@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from jupyter_plb import parameters
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster, start_local_hub, stop_process
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -168,7 +169,7 @@ class BalancerProcess:
     def start(self) -> None:
         stamp = self.connection_file.stat().st_mtime_ns if self.connection_file.exists() else 0
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start", "-p", str(self.params),
+            [sys.executable, "-m", "jupyter_plb", "start", "-p", str(self.params),
              "--connection-file", str(self.connection_file), "--no-monitor"],
             start_new_session=True,
         )

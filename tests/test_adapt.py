@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_plb.adapt import AdaptPolicy, Decision, JobState, JobView, QueueView
-from jupyter_plb.adapter import hubs_by_job, queue_view
+from jupyter_plb.balancer.launcher_board import SILENCE, LauncherBoard
 from jupyter_plb.errors import TaskRejected
-from jupyter_plb.launcher_board import SILENCE, LauncherBoard
-from jupyter_plb.slurm import parse_squeue
+from jupyter_plb.jobs.adapt import AdaptPolicy, Decision, JobState, JobView, QueueView
+from jupyter_plb.jobs.adapter import hubs_by_job, queue_view
+from jupyter_plb.jobs.slurm import parse_squeue
 
 PENDING, RUNNING, ENDING = JobState.PENDING, JobState.RUNNING, JobState.ENDING
 

@@ -19,6 +19,7 @@ import pytest
 
 from jupyter_plb import report_progress
 from jupyter_plb.client import Client, PlbFuture, as_completed
+from jupyter_plb.core.tasks import KeptTask, TaskState
 from jupyter_plb.errors import (
     DeserializationError,
     QueueFull,
@@ -27,8 +28,7 @@ from jupyter_plb.errors import (
     TaskTimeout,
     WorkerLost,
 )
-from jupyter_plb.launch import stop_process
-from jupyter_plb.tasks import KeptTask, TaskState
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import wait_for, worker_count
 
@@ -288,7 +288,7 @@ def test_priority_routes_tasks_to_worker_groups(make_cluster, connection_file: P
     }))
     with Client(connection_file=connection_file) as client:
         hub = subprocess.Popen(
-            [sys.executable, "-c", "from jupyter_plb.cli import main; main()",
+            [sys.executable, "-m", "jupyter_plb",
              "hub", "--parameters", str(params)], start_new_session=True)
         try:
             wait_for(lambda: worker_count(client) == 2, what="2 workers")

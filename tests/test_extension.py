@@ -24,8 +24,8 @@ import tornado.httpclient
 import tornado.websocket
 from jupyter_server.utils import JupyterServerAuthWarning, url_path_join
 
+from jupyter_plb.balancer.healthcheck import NO_WORKERS
 from jupyter_plb.client import Client
-from jupyter_plb.healthcheck import NO_WORKERS
 from jupyter_plb.monitor import PAGE_CSP
 from jupyter_plb.monitor.events import MAX_BACKLOG, MAX_PENDING_EVENTS
 

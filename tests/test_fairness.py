@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jupyter_plb.client import Client, PlbFuture
-from jupyter_plb.launch import LocalCluster
+from jupyter_plb.cluster.launch import LocalCluster
 
 from .conftest import wait_for, worker_count
 

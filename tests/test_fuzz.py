@@ -11,9 +11,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jupyter_plb import protocol
 from jupyter_plb.client import Client
-from jupyter_plb.protocol import Session
+from jupyter_plb.core import protocol
+from jupyter_plb.core.protocol import Session
 
 from .conftest import wait_for
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from jupyter_plb import parameters, protocol
-from jupyter_plb.argsrepr import MAX_LENGTH, args_text
+from jupyter_plb.core.argsrepr import MAX_LENGTH, args_text
+from jupyter_plb.core.history import MAX_OUTPUT, MAX_TRACEBACK, FinishedTask, History, clip, record
+from jupyter_plb.core.taskquery import QueryError, SearchFields, parse
+from jupyter_plb.core.tasks import Task, TaskState
 from jupyter_plb.errors import ParametersError
-from jupyter_plb.history import MAX_OUTPUT, MAX_TRACEBACK, FinishedTask, History, clip, record
-from jupyter_plb.taskquery import QueryError, SearchFields, parse
-from jupyter_plb.tasks import Task, TaskState
 
 
 def finished(task_id: str, ended: float, state: TaskState = TaskState.DONE, **result: object) -> tuple[Any, ...]:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_plb import client as client_module
 from jupyter_plb.client import Client
+from jupyter_plb.client import executor as client_module
+from jupyter_plb.cluster.launch import LocalCluster
 from jupyter_plb.errors import DeserializationError, TaskFailed, WorkerLost, WorkerMemoryExceeded
-from jupyter_plb.launch import LocalCluster, stop_process
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import ROOT, wait_for, worker_count
 
@@ -81,7 +82,7 @@ def hub_process(
     def start(*args: str, name: str = "remote", log: str = "hub.log") -> subprocess.Popen[bytes]:
         with open(tmp_path / log, "wb") as out:
             hub = subprocess.Popen(
-                [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "hub",
+                [sys.executable, "-m", "jupyter_plb", "hub",
                  "--connect", str(connection_file), "--name", name, *args],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -255,7 +256,7 @@ def test_start_listens_on_one_address_and_advertises_another(tmp_path: Path) -> 
 
     import psutil
 
-    from jupyter_plb import security
+    from jupyter_plb.transport import security
 
     security.keygen(tmp_path / "security", user="tester")
     params = tmp_path / "parameters.json"
@@ -265,7 +266,7 @@ def test_start_listens_on_one_address_and_advertises_another(tmp_path: Path) -> 
     }))
     connection_file = tmp_path / "plb-connection.json"
     balancer = subprocess.Popen(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start",
+        [sys.executable, "-m", "jupyter_plb", "start",
          "-p", str(params), "--connection-file", str(connection_file), "--no-monitor",
          "--bind", "0.0.0.0", "--advertise", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -24,15 +24,16 @@ from pathlib import Path
 import pytest
 
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster, stop_process
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import ROOT, wait_for, worker_count
 
-PLB = [sys.executable, "-c", "from jupyter_plb.cli import main; main()"]
+PLB = [sys.executable, "-m", "jupyter_plb"]
 #: How the ssh sessions run plb: this interpreter and this checkout, whatever the login PATH is.
 REMOTE_PLB = (
     f"env PYTHONPATH={shlex.quote(str(ROOT))} {shlex.quote(sys.executable)} "
-    "-c 'from jupyter_plb.cli import main; main()'"
+    "-m jupyter_plb"
 )
 
 

@@ -14,8 +14,8 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_plb import magics
 from jupyter_plb.client import Client, PlbFuture
+from jupyter_plb.jupyter import magics
 
 from .conftest import running_balancer, wait_for
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 import websocket
 
-from jupyter_plb import parameters
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters
 from jupyter_plb.monitor import PAGE_CSP
 from tests.conftest import wait_for
 

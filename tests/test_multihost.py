@@ -22,14 +22,14 @@ from typing import Any
 
 import pytest
 
-from jupyter_plb import security
+from jupyter_plb.transport import security
 
 from .conftest import ROOT, wait_for
 from .netns import NetnsUnavailable, Network, namespace_inode
 
 TASKS = 2000
 CUT_AFTER = 600
-PLB = [sys.executable, "-c", "from jupyter_plb.cli import main; main()"]
+PLB = [sys.executable, "-m", "jupyter_plb"]
 
 CLIENT = r'''
 import json, os, sys, threading, time

@@ -16,13 +16,13 @@ from jupyter_core.paths import jupyter_path
 
 import jupyter_plb
 from jupyter_plb import errors
+from jupyter_plb.balancer.healthcheck import HealthCheck
 from jupyter_plb.client import Client, PlbFuture
-from jupyter_plb.healthcheck import HealthCheck
-from jupyter_plb.hub import WorkerHub
-from jupyter_plb.launch import LocalCluster
-from jupyter_plb.magics import SUBCOMMANDS
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.jupyter.magics import SUBCOMMANDS
+from jupyter_plb.jupyter.widgets import Dashboard
 from jupyter_plb.monitor.standalone import StandaloneMonitor
-from jupyter_plb.widgets import Dashboard
+from jupyter_plb.workers.hub import WorkerHub
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_JSON = json.loads((ROOT / "labextension" / "package.json").read_text(encoding="utf-8"))
@@ -64,11 +64,11 @@ def test_api_reference_builds_without_warnings_and_covers_the_public_api(tmp_pat
         ("jupyter_plb.HealthCheck", HealthCheck),
         ("jupyter_plb.LocalCluster", LocalCluster),
         ("jupyter_plb.monitor.standalone.StandaloneMonitor", StandaloneMonitor),
-        ("jupyter_plb.widgets.Dashboard", Dashboard),
+        ("jupyter_plb.jupyter.widgets.Dashboard", Dashboard),
     ]:
         expected |= {path} | {f"{path}.{name}" for name in _public(cls)}
     expected |= {f"jupyter_plb.errors.{name}" for name in errors.__all__}
-    expected |= {f"jupyter_plb.parameters.{name}" for name in ("load", "validate", "DEFAULTS")}
+    expected |= {f"jupyter_plb.core.parameters.{name}" for name in ("load", "validate", "DEFAULTS")}
     expected |= {f"plb-{name}" for name in SUBCOMMANDS}
     missing = sorted(expected - documented)
     assert not missing, f"not in the API reference (docs/api/*.rst): {missing}"

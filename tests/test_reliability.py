@@ -9,11 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-from jupyter_plb import protocol
 from jupyter_plb.client import Client
-from jupyter_plb.launch import start_local_hub, stop_process
-from jupyter_plb.store import SqliteStore, pack_buffers, unpack_buffers
-from jupyter_plb.tasks import Task, TaskState
+from jupyter_plb.core import protocol
+from jupyter_plb.core.store import SqliteStore, pack_buffers, unpack_buffers
+from jupyter_plb.core.tasks import Task, TaskState
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
 from .conftest import wait_for, worker_count
 

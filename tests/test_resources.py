@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jupyter_plb import resources
 from jupyter_plb.client import Client
-from jupyter_plb.launch import stop_process
+from jupyter_plb.workers import resources
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import ROOT, run_script, wait_for, worker_count
 
@@ -95,7 +95,7 @@ def _pin_to_cpu0() -> None:
 
 
 def test_usable_cpus_follows_the_affinity_mask(tmp_path: Path) -> None:
-    code = ("import os; from jupyter_plb.resources import usable_cpus; "
+    code = ("import os; from jupyter_plb.workers.resources import usable_cpus; "
             "print(usable_cpus()); os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cpus())")
     done = run_script(code, tmp_path)
     assert done.returncode == 0, done.stderr
@@ -104,7 +104,7 @@ def test_usable_cpus_follows_the_affinity_mask(tmp_path: Path) -> None:
 
 def test_the_extension_default_local_workers_follows_the_affinity_mask(tmp_path: Path) -> None:
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from jupyter_plb.extension import PlbExtension; print(PlbExtension().local_workers)")
+            "from jupyter_plb.jupyter.extension import PlbExtension; print(PlbExtension().local_workers)")
     done = run_script(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1"]
@@ -117,7 +117,7 @@ def pinned_balancer(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     params.write_text(json.dumps({"LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0,
                                   "LB_HEARTBEAT_INTERVAL": 0.3}))
     process = subprocess.Popen(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start", "-p", str(params),
+        [sys.executable, "-m", "jupyter_plb", "start", "-p", str(params),
          "--connection-file", str(tmp_path / "plb-connection.json"), "--no-monitor", "--workers"],
         preexec_fn=_pin_to_cpu0, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -140,7 +140,7 @@ def test_plb_start_workers_in_a_pinned_process_starts_one_worker(
 
 def test_plb_hub_workers_auto_in_a_pinned_process(tmp_path: Path, cluster: object, connection_file: Path) -> None:
     hub = subprocess.Popen(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "hub",
+        [sys.executable, "-m", "jupyter_plb", "hub",
          "--connect", str(connection_file), "--workers", "--local"],
         preexec_fn=_pin_to_cpu0, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

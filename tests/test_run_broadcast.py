@@ -17,8 +17,8 @@ import pytest
 
 from jupyter_plb.client import Broadcast, Client
 from jupyter_plb.errors import PlbError, RemoteTraceback, SerializationError, TaskRejected
-from jupyter_plb.launch import stop_process
-from jupyter_plb.worker import cache_info
+from jupyter_plb.workers.spawn import stop_process
+from jupyter_plb.workers.worker import cache_info
 
 from .conftest import ROOT, wait_for, worker_count
 
@@ -167,7 +167,7 @@ def test_a_failing_setup_hook_is_reported_and_not_restarted(
 ) -> None:
     log = tmp_path / "setup.log"
     hub = subprocess.Popen(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "hub", "--connect", str(connection_file),
+        [sys.executable, "-m", "jupyter_plb", "hub", "--connect", str(connection_file),
          "--workers", "2", "--name", "broken", "--setup", "tests.setup_hooks:fail"],
         env={**os.environ, "PYTHONPATH": str(ROOT), "PLB_TEST_SETUP_LOG": str(log)},
         stderr=subprocess.PIPE, text=True, start_new_session=True,

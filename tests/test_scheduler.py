@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from jupyter_plb.core.scheduler import _COMPACT_SLACK, Scheduler, Slot
+from jupyter_plb.core.tasks import Task
 from jupyter_plb.errors import QueueFull, TaskRejected
-from jupyter_plb.scheduler import _COMPACT_SLACK, Scheduler, Slot
-from jupyter_plb.tasks import Task
 
 ANY = frozenset()
 

@@ -22,15 +22,16 @@ import zmq
 from jupyter_plb import connection, parameters, protocol, security, sockets
 from jupyter_plb.balancer import Balancer, function_digest
 from jupyter_plb.client import Client, default_user
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core.protocol import Message, Session
 from jupyter_plb.errors import (
     BalancerUnreachable,
     ConnectionFileError,
     ParametersError,
     TaskRejected,
 )
-from jupyter_plb.launch import LocalCluster, stop_process
-from jupyter_plb.protocol import Message, Session
-from jupyter_plb.security import CertificateError, InsecureBinding, PeerKeys
+from jupyter_plb.transport.security import CertificateError, InsecureBinding, PeerKeys
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import free_params, wait_for, worker_count
 
@@ -162,7 +163,7 @@ def test_curve_is_on_beyond_loopback_and_off_needs_consent(
     with pytest.raises(InsecureBinding, match="LB_ALLOW_INSECURE: true") as refused:
         security.curve_enabled(params(LB_BIND_IP="0.0.0.0", LB_CURVE=False))
     assert "LB_CURVE" in str(refused.value) and "plb keygen" in str(refused.value)
-    with caplog.at_level(logging.WARNING, "jupyter_plb.security"):
+    with caplog.at_level(logging.WARNING, "jupyter_plb.transport.security"):
         insecure = params(LB_BIND_IP="0.0.0.0", LB_CURVE=False, LB_ALLOW_INSECURE=True)
         assert security.curve_enabled(insecure) is False
     assert "INSECURE" in caplog.text

@@ -12,7 +12,7 @@ import pytest
 
 from jupyter_plb import startAll
 from jupyter_plb.client import Client
-from jupyter_plb.launch import stop_process
+from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import ROOT, run_script, wait_for
 
@@ -92,8 +92,8 @@ def test_client_errors_are_dicts_like_the_seed(cluster, connection_file: Path) -
 
 
 def test_no_balancer_gives_a_clear_error(tmp_path: Path) -> None:
-    from jupyter_plb.connection import ConnectionInfo, write
     from jupyter_plb.errors import BalancerUnreachable, ConnectionFileError
+    from jupyter_plb.transport.connection import ConnectionInfo, write
 
     with pytest.raises(ConnectionFileError, match="no connection file"):
         Client(connection_file=tmp_path / "missing.json")
@@ -140,7 +140,7 @@ def test_bad_parameters_file_gives_one_clear_line(tmp_path: Path, content: dict,
     path = tmp_path / "parameters.json"
     path.write_text(json.dumps(content))
     result = subprocess.run(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "start", "-p", str(path)],
+        [sys.executable, "-m", "jupyter_plb", "start", "-p", str(path)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
@@ -150,7 +150,7 @@ def test_bad_parameters_file_gives_one_clear_line(tmp_path: Path, content: dict,
 
 
 def test_invalid_json_names_the_line(tmp_path: Path) -> None:
-    from jupyter_plb import parameters
+    from jupyter_plb.core import parameters
     from jupyter_plb.errors import ParametersError
 
     path = tmp_path / "p.json"
@@ -162,7 +162,7 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
 def test_a_second_server_gets_its_own_connection_file(tmp_path: Path) -> None:
     import socket
 
-    from jupyter_plb.connection import ConnectionInfo, claim_default, write
+    from jupyter_plb.transport.connection import ConnectionInfo, claim_default, write
 
     assert claim_default(tmp_path).name == "plb-connection.json"
     with socket.socket() as listener:

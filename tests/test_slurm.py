@@ -23,15 +23,16 @@ from typing import Any
 import pytest
 
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster, start_local_hub, stop_process
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
 from .conftest import ROOT, free_params, wait_for
 from .slurm_cluster import SlurmCluster, SlurmUnavailable, unavailable
 
-PLB = [sys.executable, "-c", "from jupyter_plb.cli import main; main()"]
+PLB = [sys.executable, "-m", "jupyter_plb"]
 #: How the job scripts run plb: this interpreter and this checkout.
 JOB_PLB = (f"env PYTHONPATH={shlex.quote(str(ROOT))} {shlex.quote(sys.executable)} "
-           "-c 'from jupyter_plb.cli import main; main()'")
+           "-m jupyter_plb")
 TIMINGS: dict[str, float] = {}
 
 pytestmark = pytest.mark.timeout(180)
@@ -248,6 +249,6 @@ def test_client_adapt_keeps_the_minimum_and_stop_drains_it(
 
 
 def _grace(seconds: float) -> Any:
-    from jupyter_plb.launchers import HubOptions
+    from jupyter_plb.jobs.batch import HubOptions
 
     return HubOptions(grace=seconds)

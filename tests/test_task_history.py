@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster
+from jupyter_plb.cluster.launch import LocalCluster
 from tests.conftest import free_params, wait_for
 
 TIMEOUT = 20.0

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from jupyter_plb import security
 from jupyter_plb.client import Client
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core.team import FairShare, TeamPolicy, policy_for
 from jupyter_plb.errors import BalancerUnreachable, ParametersError, TaskRejected
-from jupyter_plb.launch import LocalCluster
 from jupyter_plb.monitor.remote import RemoteBalancer
-from jupyter_plb.team import FairShare, TeamPolicy, policy_for
+from jupyter_plb.transport import security
 from tests.conftest import free_params, wait_for, worker_count
 
 RULE = "in a team pool a client may read, cancel or list only its own tasks"

@@ -19,10 +19,10 @@ import zmq
 
 from jupyter_plb import connection, parameters, protocol, sockets
 from jupyter_plb.client import Client
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core.protocol import Session
+from jupyter_plb.core.versions import LOCAL, skew
 from jupyter_plb.errors import VersionSkewWarning
-from jupyter_plb.launch import LocalCluster
-from jupyter_plb.protocol import Session
-from jupyter_plb.versions import LOCAL, skew
 
 from .conftest import ROOT, wait_for, worker_count
 
@@ -144,7 +144,7 @@ def test_plb_status_and_the_monitor_api_show_the_skew(
     with Client(connection_file=connection_file) as client:
         wait_for(lambda: "fake-gpu" in skewed_hubs(client), what="the hub to register")
     status = subprocess.run(
-        [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "status", "--connect", str(connection_file)],
+        [sys.executable, "-m", "jupyter_plb", "status", "--connect", str(connection_file)],
         capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert status.returncode == 0, status.stderr

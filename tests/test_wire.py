@@ -7,10 +7,10 @@ import hashlib
 import pytest
 import zmq
 
-from jupyter_plb import protocol
 from jupyter_plb.client import Client
+from jupyter_plb.core import protocol
+from jupyter_plb.core.protocol import Session
 from jupyter_plb.errors import DeserializationError, IntegrityError, ProtocolError
-from jupyter_plb.protocol import Session
 
 from .conftest import wait_for
 
@@ -131,7 +131,7 @@ def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> Non
 def test_a_quick_run_of_submits_travels_together_and_result_sends_it(
     ready_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_plb import client as client_module
+    from jupyter_plb.client import executor as client_module
 
     monkeypatch.setattr(client_module, "COALESCE_DELAY", 60.0)  # only a flush sends them
     monkeypatch.setattr(client_module, "COALESCE_WINDOW", 60.0)

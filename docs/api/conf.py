@@ -43,7 +43,7 @@ class PlbMagicsHelp(SphinxDirective):
     """``.. plb-magics::``: the overview of ``%plb`` and every subcommand's help, from their parsers."""
 
     def run(self) -> list[nodes.Node]:
-        from jupyter_plb.magics import SUBCOMMANDS, PlbMagics
+        from jupyter_plb.jupyter.magics import SUBCOMMANDS, PlbMagics
 
         sections: list[nodes.Node] = [_text_block(PlbMagics.plb.__doc__ or "")]
         for name, handler in SUBCOMMANDS.items():

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import dumps
+from jupyter_plb.monitor import dumps
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
-    from .remote import RemoteBalancer
+    from jupyter_plb.balancer.service import Balancer
+    from jupyter_plb.monitor.remote import RemoteBalancer
 
 log = logging.getLogger(__name__)
 

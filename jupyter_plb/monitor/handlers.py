@@ -18,16 +18,16 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
-from ..errors import BalancerUnreachable, TaskRejected
-from ..taskquery import QueryError
-from . import PAGE_CSP, STATIC_DIR, dumps
-from .localhub import MAX_WORKERS
-from .service import SETTINGS_KEY, MonitorService
+from jupyter_plb.core.taskquery import QueryError
+from jupyter_plb.errors import BalancerUnreachable, TaskRejected
+from jupyter_plb.monitor import PAGE_CSP, STATIC_DIR, dumps
+from jupyter_plb.monitor.localhub import MAX_WORKERS
+from jupyter_plb.monitor.service import SETTINGS_KEY, MonitorService
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
-    from .events import Channel
-    from .remote import RemoteBalancer
+    from jupyter_plb.balancer.service import Balancer
+    from jupyter_plb.monitor.events import Channel
+    from jupyter_plb.monitor.remote import RemoteBalancer
 
 #: What a Jupyter Authorizer is asked about (``read``/``write`` on ``plb``).
 AUTH_RESOURCE = "plb"

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..launch import start_local_hub, stop_process
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A team balancer seen from a Jupyter server attached to it (``c.PlbExtension.attach``).
 
-:class:`RemoteBalancer` has the part of :class:`jupyter_plb.balancer.Balancer`'s interface the
+:class:`RemoteBalancer` has the part of :class:`jupyter_plb.balancer.service.Balancer`'s interface the
 monitor routes, the event stream and the metrics use (``snapshot``, ``list_tasks``,
 ``task_info``, ``cancel``, ``cancel_user``, ``info``, ``connection_path``, ``subscribers``), so
 the monitor page, the Lab panel and ``/plb/metrics`` work unchanged over a balancer in another
@@ -27,9 +27,10 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
-from .. import connection, parameters, protocol, security, sockets
-from ..errors import BalancerUnreachable, PlbError, ProtocolError, TaskRejected
-from ..protocol import Message, Session
+from jupyter_plb.core import parameters, protocol
+from jupyter_plb.core.protocol import Message, Session
+from jupyter_plb.errors import BalancerUnreachable, PlbError, ProtocolError, TaskRejected
+from jupyter_plb.transport import connection, security, sockets
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .events import EventStream
-from .localhub import LocalHub
-from .metrics import MetricsExporter
+from jupyter_plb.monitor.events import EventStream
+from jupyter_plb.monitor.localhub import LocalHub
+from jupyter_plb.monitor.metrics import MetricsExporter
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
-    from .remote import RemoteBalancer
+    from jupyter_plb.balancer.service import Balancer
+    from jupyter_plb.monitor.remote import RemoteBalancer
 
 #: The web-application setting under which both hosts put their :class:`MonitorService`.
 SETTINGS_KEY = "plb_monitor"

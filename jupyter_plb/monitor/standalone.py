@@ -19,9 +19,8 @@ from tornado import httputil, web, websocket
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from ..resources import usable_cpus
-from . import API_CSP, PAGE_CSP, STATIC_DIR, dumps
-from .handlers import (
+from jupyter_plb.monitor import API_CSP, PAGE_CSP, STATIC_DIR, dumps
+from jupyter_plb.monitor.handlers import (
     EVENTS_PATTERN,
     JSON_TYPE,
     ROUTES,
@@ -30,12 +29,13 @@ from .handlers import (
     PageRoute,
     Route,
 )
-from .localhub import LocalHub
-from .service import SETTINGS_KEY, MonitorService
+from jupyter_plb.monitor.localhub import LocalHub
+from jupyter_plb.monitor.service import SETTINGS_KEY, MonitorService
+from jupyter_plb.workers.resources import usable_cpus
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
-    from ..parameters import Parameters
+    from jupyter_plb.balancer.service import Balancer
+    from jupyter_plb.core.parameters import Parameters
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_plb import parameters
-from jupyter_plb.launch import LocalCluster
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters
 from tests.conftest import ROOT, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from jupyter_plb.client import Client
-from jupyter_plb.launch import stop_process
+from jupyter_plb.workers.spawn import stop_process
 from tests.browser.conftest import free_port, lab_command
 from tests.conftest import ROOT, wait_for
 

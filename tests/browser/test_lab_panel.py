@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from jupyter_plb.client import Client
-from jupyter_plb.launch import stop_process
+from jupyter_plb.workers.spawn import stop_process
 from tests.browser.conftest import (
     ARTIFACTS,
     HOSTILE,

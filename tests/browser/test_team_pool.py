@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from jupyter_plb import security
 from jupyter_plb.client import Client
-from jupyter_plb.launch import stop_process
+from jupyter_plb.transport import security
+from jupyter_plb.workers.spawn import stop_process
 from tests.browser.conftest import ARTIFACTS, TIMEOUT_MS, answers, free_port, lab_command, open_lab_panel
 from tests.browser.test_lab_panel import PANEL, lab_extension  # noqa: F401  (a fixture)
 from tests.conftest import ROOT, wait_for
@@ -153,7 +153,7 @@ class Pool:
         """One worker slot, from a hub that joins as one on another machine would."""
         if self.hub is None:
             self.hub = subprocess.Popen(
-                [sys.executable, "-c", "from jupyter_plb.cli import main; main()", "hub", "--connect",
+                [sys.executable, "-m", "jupyter_plb", "hub", "--connect",
                  str(self.connection_file), "--workers", "1", "--name", "team-hub"],
                 env=self.env, start_new_session=True,
             )
@@ -210,7 +210,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, lab_extension: Path) -> Itera
         "HC_INTERVAL": 0.5, "LB_HEARTBEAT_INTERVAL": 0.3, "LB_SECURITY_DIR": str(folder / "sec"),
     }))
     team_file = folder / "team.json"
-    command = [sys.executable, "-c", "from jupyter_plb.cli import main; main()",
+    command = [sys.executable, "-m", "jupyter_plb",
                "start", "--team", "--admin", "boss", "-p", str(params), "--connection-file", str(team_file)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLB_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

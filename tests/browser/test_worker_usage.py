@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from jupyter_plb import parameters
 from jupyter_plb.client import Client
-from jupyter_plb.launch import LocalCluster
+from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters
 from tests.browser.conftest import ARTIFACTS, TIMEOUT_MS
 from tests.conftest import wait_for, worker_count
 from tests.test_version_skew import OTHER, FakeHub

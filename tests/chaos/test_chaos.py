@@ -16,7 +16,7 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.errors import WorkerLost
-from jupyter_plb.launch import start_local_hub, stop_process
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
 from ..conftest import wait_for, worker_count
 

@@ -11,8 +11,8 @@ import unittest
 from pathlib import Path
 from typing import Any
 
-from jupyter_plb import protocol
 from jupyter_plb.client import Client, PlbFuture
+from jupyter_plb.core import protocol
 
 CONNECTION_FILE: Path | None = None
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from jupyter_plb import parameters
     from jupyter_plb.balancer import Balancer
-    from jupyter_plb.protocol import Session
+    from jupyter_plb.core import parameters
+    from jupyter_plb.core.protocol import Session
 
 TYPES = [
     "hello", "submit", "get", "cancel", "ack", "status", "tasks", "hub_hello", "heartbeat", "worker_ready",

@@ -1,0 +1,18 @@
+"""The Client: sends tasks, gets :class:`PlbFuture` results, shows their progress.
+
+``from jupyter_plb.client import Client`` is the public face; the modules behind it split the work:
+:mod:`.executor` (the ``concurrent.futures``-style API and the seed's ``sendTask``/``getTask``),
+:mod:`.display` (text and HTML views) and :mod:`.progress` (live bars).
+"""
+
+from jupyter_plb.client.executor import (
+    Broadcast,
+    Client,
+    ClientView,
+    MapIterator,
+    PlbFuture,
+    as_completed,
+)
+from jupyter_plb.core.team import default_user
+
+__all__ = ["Broadcast", "Client", "ClientView", "MapIterator", "PlbFuture", "as_completed", "default_user"]
