@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jupyter_plb.client import Broadcast, Client
-from jupyter_plb.errors import PlbError, RemoteTraceback, SerializationError, TaskRejected
+from jupyter_plb.errors import PlbError, RemoteTraceback, SerializationError, TaskRejected, WorkerLost
 from jupyter_plb.workers.spawn import stop_process
 from jupyter_plb.workers.worker import cache_info
 
@@ -154,8 +154,16 @@ def test_setup_hook_runs_in_every_new_worker_including_replacements(
     assert all(mark == str(pid) for mark, pid in marks.values()), marks
     victim = next(iter(marks))
     os.kill(marks[victim][1], signal.SIGKILL)
-    wait_for(lambda: worker_count(client) == 3 and victim not in connected_workers(client),
-             what="the killed worker to be replaced")
+    def replaced_and_ready() -> bool:
+        # A replacement is listed by its hub as soon as it starts, but runs only once its setup ran;
+        # a run that still reached the killed worker fails with WorkerLost.
+        try:
+            ready = client.run(os.getpid)
+        except WorkerLost:
+            return False
+        return len(ready) == 3 and victim not in ready
+
+    wait_for(replaced_and_ready, what="the killed worker's replacement to be ready")
     replaced = client.run(lambda: (os.environ.get("PLB_SETUP_MARK"), os.getpid()))
     assert victim not in replaced and len(replaced) == 3
     assert all(mark == str(pid) for mark, pid in replaced.values()), replaced

@@ -4,6 +4,7 @@
 :mod:`jupyter_plb.core`.
 """
 
-from jupyter_plb.balancer.service import Balancer, function_digest
+from jupyter_plb.balancer.service import Balancer
+from jupyter_plb.balancer.state import function_digest
 
 __all__ = ["Balancer", "function_digest"]

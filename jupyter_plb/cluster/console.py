@@ -20,10 +20,22 @@ def _logging_configured() -> bool:
 
 
 class _SeedConsole(logging.StreamHandler):
-    """Prints records as the seed did, only while nobody configured logging."""
+    """Prints records as the seed did while nobody configured logging, else hands them to the
+    root logger's handlers.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _logging_configured() and bool(super().filter(record))
+    The package logger does not propagate while this handler is on it, so each record is routed
+    by one look at the root's handlers: a ``basicConfig()`` on another thread can never make a line
+    show both here and in the configured handler.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        configured = logging.getLogger().handlers
+        if not configured:
+            return bool(super().handle(record))
+        for handler in configured:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        return True
 
 
 def show_on_console() -> None:
@@ -38,5 +50,6 @@ def show_on_console() -> None:
     handler = _SeedConsole(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
+    logger.propagate = False
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
