@@ -28,8 +28,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 
 import workloads  # noqa: E402
 
-from jupyter_plb import security  # noqa: E402
 from jupyter_plb.client import Client  # noqa: E402
+from jupyter_plb.transport import security  # noqa: E402
 from jupyter_plb.workers.spawn import stop_process  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_plb import security  # noqa: E402
+from jupyter_plb.transport import security  # noqa: E402
 from jupyter_plb.workers.spawn import stop_process  # noqa: E402
 from tests.netns import NetnsUnavailable, Network  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jupyter_plb import parameters, protocol
+from jupyter_plb.core import parameters, protocol
 from jupyter_plb.core.argsrepr import MAX_LENGTH, args_text
 from jupyter_plb.core.history import MAX_OUTPUT, MAX_TRACEBACK, FinishedTask, History, clip, record
 from jupyter_plb.core.taskquery import QueryError, SearchFields, parse

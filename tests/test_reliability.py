@@ -203,7 +203,7 @@ def test_results_beyond_the_memory_budget_go_to_the_journal(make_cluster, connec
         start_hub(1)
         futures = [client.submit(os.urandom, 1 << 20) for _ in range(8)]
         blobs = [f.result(timeout=30) for f in futures]
-        held = cluster.call(lambda: cluster.balancer._result_bytes)
+        held = cluster.call(lambda: cluster.balancer.result_bytes)
         assert held <= 3 << 20
         with Client(connection_file=connection_file) as other:
             first = other._connection.request({"type": "get", "ids": [futures[0].task_id]})
@@ -219,4 +219,4 @@ def test_without_a_journal_results_beyond_the_budget_are_dropped(
         start_hub(1)
         futures = [client.submit(os.urandom, 1 << 20) for _ in range(5)]
         assert all(len(f.result(timeout=30)) == 1 << 20 for f in futures), "pushed before being dropped"
-        assert cluster.call(lambda: cluster.balancer._result_bytes) <= 2 << 20
+        assert cluster.call(lambda: cluster.balancer.result_bytes) <= 2 << 20

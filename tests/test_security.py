@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import zmq
 
-from jupyter_plb import connection, parameters, protocol, security, sockets
 from jupyter_plb.balancer import Balancer, function_digest
 from jupyter_plb.client import Client, default_user
 from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters, protocol
 from jupyter_plb.core.protocol import Message, Session
 from jupyter_plb.errors import (
     BalancerUnreachable,
@@ -30,6 +30,7 @@ from jupyter_plb.errors import (
     ParametersError,
     TaskRejected,
 )
+from jupyter_plb.transport import connection, security, sockets
 from jupyter_plb.transport.security import CertificateError, InsecureBinding, PeerKeys
 from jupyter_plb.workers.spawn import stop_process
 

@@ -17,12 +17,13 @@ import pytest
 import requests
 import zmq
 
-from jupyter_plb import connection, parameters, protocol, sockets
 from jupyter_plb.client import Client
 from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core import parameters, protocol
 from jupyter_plb.core.protocol import Session
 from jupyter_plb.core.versions import LOCAL, skew
 from jupyter_plb.errors import VersionSkewWarning
+from jupyter_plb.transport import connection, sockets
 
 from .conftest import ROOT, wait_for, worker_count
 

@@ -47,9 +47,9 @@ def _start() -> tuple[Balancer, Session]:
 
 BALANCER, SESSION = _start()
 HANDLERS = {
-    "clients": BALANCER._on_client_message,
-    "workers": BALANCER._on_worker_message,
-    "health": BALANCER._on_health_message,
+    "clients": BALANCER.client_desk.on_client_message,
+    "workers": BALANCER.hub_desk.on_worker_message,
+    "health": BALANCER.views.on_health_message,
 }
 
 
