@@ -19,13 +19,12 @@ import cloudpickle
 from jupyter_plb.core import protocol
 from jupyter_plb.core.protocol import Buffer
 from jupyter_plb.errors import DeserializationError, IntegrityError
-from jupyter_plb.workers import cache
 from jupyter_plb.workers.cache import FunctionCache
 
 #: Captured stdout/stderr kept per task.
 MAX_OUTPUT = 1 << 20
 #: The worker's own frames, left out of a task's traceback.
-_OWN_FILES = frozenset({__file__, cache.__file__})
+_OWN_FILES = frozenset({__file__, inspect.getfile(FunctionCache)})
 
 
 def _accepts_progress(fn: Callable[..., Any]) -> bool:
