@@ -1,7 +1,8 @@
-"""The worker process: talks to the balancer directly, runs one task at a time, event-driven.
+"""The worker process: its socket to the balancer, its task queue, and what a running task may ask of it.
 
 A hub starts it as a fresh interpreter (spawn: no ipykernel, no inherited state) and supervises it; the worker
-exits by itself when its hub dies (it watches the hub's pipe in the same poll as its socket).
+exits by itself when its hub dies (it watches the hub's pipe in the same poll as its socket). Tasks
+run in :mod:`~jupyter_plb.workers.execution`, with the functions of :mod:`~jupyter_plb.workers.cache`.
 
 Short tasks run back to back with the socket served between them on the main thread. While a
 long task runs (one the balancer did not mark ``short``), an I/O thread owns the socket instead: it
@@ -13,19 +14,15 @@ CPU-bound tasks fight it for the GIL.)
 from __future__ import annotations
 
 import contextlib
-import inspect
-import io
 import logging
 import os
 import pickle
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +30,25 @@ import cloudpickle
 import zmq
 
 from jupyter_plb.core import protocol
-from jupyter_plb.core.protocol import FUNCTION_CACHE_SIZE, Buffer, Message, Session
-from jupyter_plb.errors import DeserializationError, IntegrityError
+from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.transport import sockets
+from jupyter_plb.workers.cache import VERSIONS, FunctionCache, Unloadable
+from jupyter_plb.workers.execution import TaskRunner
+
+__all__ = [
+    "EXIT_RETIRED",
+    "EXIT_SETUP_FAILED",
+    "VERSIONS",
+    "WorkerConfig",
+    "broadcast_value",
+    "cache_info",
+    "current_task_id",
+    "report_progress",
+    "run_from_stdin",
+]
 
 log = logging.getLogger(__name__)
 
-#: Captured stdout/stderr kept per task.
-MAX_OUTPUT = 1 << 20
 #: Results finished within this many seconds of each other travel in one message, as long as
 #: the next task is known to be short (the balancer marks it); otherwise they leave at once.
 RESULT_BATCH_WINDOW = 0.002
@@ -50,8 +58,6 @@ RESULT_BATCH_MAX = 16
 EXIT_RETIRED = 85
 #: Exit code of a worker whose hub's setup hook raised: its hub does not start it again.
 EXIT_SETUP_FAILED = 86
-#: This interpreter's versions, named when a pickle from a client cannot be loaded here.
-VERSIONS = "Python {}.{}.{}, cloudpickle {}".format(*sys.version_info[:3], cloudpickle.__version__)
 
 
 class _Retire(Exception):
@@ -81,77 +87,45 @@ class WorkerConfig:
     setup_name: str = ""
 
 
-_current: _Worker | None = None
+#: This process's task runner, once it is a worker.
+_runner: TaskRunner | None = None
 
 
 def report_progress(value: float) -> None:
     """Report the running task's progress (1–99) to the balancer; a no-op outside a worker."""
-    if _current is not None:
-        _current.report_progress(value)
+    if _runner is not None:
+        _runner.report_progress(value)
 
 
 def current_task_id() -> str | None:
     """The id of the task this worker process is running, or None."""
-    return _current.task_id if _current is not None else None
+    return _runner.task_id if _runner is not None else None
 
 
 def cache_info() -> dict[str, int]:
     """What this worker's cache holds and has received (``client.run(cache_info)`` reads it)."""
-    if _current is None:
+    if _runner is None:
         return {}
-    return {"cached": len(_current.functions), **_current.received}
+    return {"cached": len(_runner.functions.entries), **_runner.functions.received}
 
 
 def broadcast_value(digest: str) -> Any:
     """The broadcast object a task's arguments name (what a ``Broadcast`` reference unpickles to)."""
-    objects = _current.task_objects if _current is not None else None
+    objects = _runner.task_objects if _runner is not None else None
     if not objects or digest not in objects:
         raise LookupError(
             f"the broadcast object {digest} did not reach this worker (was it released?); "
             "a broadcast reference works only as an argument of submit() or map()"
         )
     value = objects[digest]
-    if isinstance(value, _Unloadable):
+    if isinstance(value, Unloadable):
         raise value.error
     return value
 
 
-@dataclass(slots=True)
-class _Unloadable:
-    """A cached pickle that could not be loaded: the error its tasks raise."""
-
-    error: Exception
-
-
-def _accepts_progress(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-class _Capture(io.StringIO):
-    def write(self, s: str) -> int:
-        if self.tell() < MAX_OUTPUT:
-            return super().write(s[: MAX_OUTPUT - self.tell()])
-        return len(s)
-
-
-def _error_info(exc: BaseException) -> dict[str, Any]:
-    """Type, message and traceback of a task's exception, without the worker's own frames."""
-    kind = type(exc)
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return {
-        "type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(kind, exc, tb)),
-    }
-
-
 class _Worker:
+    """Takes tasks in and sends results out, on the main thread or, during a long task, its I/O thread."""
+
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.session = Session(config.key, max_message_size=config.max_message_size)
@@ -159,23 +133,13 @@ class _Worker:
         self.socket = sockets.connect_dealer(
             self.context, config.url, config.worker_id, curve=config.curve
         )
-        self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
-        for name, (fn, kwargs) in cloudpickle.loads(config.routes).items():
-            self.routes[name] = (fn, kwargs, _accepts_progress(fn))
-        #: Functions and broadcast objects by digest (the balancer mirrors it).
-        self.functions: OrderedDict[str, Any] = OrderedDict()
-        #: Pickles received into the cache, by kind, and entries the balancer told it to forget.
-        self.received = {"functions": 0, "objects": 0, "forgotten": 0}
-        #: The broadcast objects the running task's arguments name, resolved when it was accepted.
-        self.task_objects: dict[str, Any] | None = None
+        self.functions = FunctionCache()
+        self.runner = TaskRunner(config.routes, self.functions, self.send_from_task)
         #: (spec, buffers); buffers is None when they failed their digest check.
         self.pending: deque[tuple[dict[str, Any], list[Buffer] | None]] = deque()
         self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
         self.first_unsent = 0.0
-        self.task_id: str | None = None
-        self._last_progress = (0.0, -1)
         self.completed = 0
-        self.origins: dict[str, str] = {}
         #: Guards ``pending``, ``outgoing`` and ``notes`` between the main and the I/O thread.
         self.lock = threading.Lock()
         #: Messages a running task sends (progress) while the I/O thread owns the socket.
@@ -209,7 +173,7 @@ class _Worker:
             "min_p": c.min_p,
             "max_p": c.max_p,
             "process_p": c.process_p,
-            "routes": sorted(self.routes),
+            "routes": sorted(self.runner.routes),
             "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "cloudpickle": cloudpickle.__version__,
             "tasks": [spec.get("id") for spec, _ in list(self.pending)],
@@ -239,12 +203,10 @@ class _Worker:
             if msg.header.get("reply") and removed:
                 self.send({"type": "skipped", "id": skipped})
         elif msg.type == "forget":
-            for digest in msg.header.get("digests", []):
-                if digest in self.functions:
-                    del self.functions[digest]
-                    self.received["forgotten"] += 1
+            self.functions.forget(msg.header.get("digests", []))
         elif msg.type == "run":
-            self.run_now(msg)
+            answer, buffers = self.runner.run_now(msg.buffers, msg.digests)
+            self.send({"type": "ran", "id": msg.header.get("id"), "worker": self.config.worker_id, **answer}, buffers)
         elif msg.type == "stop":
             raise SystemExit(0)
 
@@ -252,113 +214,13 @@ class _Worker:
         """Queue the tasks of a message; each buffer is checked against its signed digest here."""
         position = 0
         for spec in msg.header.get("tasks", []):
-            fn_count = int(spec.get("fnbuf", 0))
-            if fn_count:
-                end = position + fn_count
-                buffers, digests = msg.buffers[position:end], msg.digests[position:end]
-                self.cache_function(spec["fn"], buffers, digests, spec.get("origin"))
-                position = end
-            elif spec.get("fn") in self.functions:
-                self.functions.move_to_end(spec["fn"])
-            objects: dict[str, Any] = {}
-            for digest, count in spec.get("refs", []):
-                if count:
-                    end = position + count
-                    self.cache_object(digest, msg.buffers[position:end], msg.digests[position:end])
-                    position = end
-                elif digest in self.functions:
-                    self.functions.move_to_end(digest)
-                objects[digest] = self.functions.get(digest, _Unloadable(LookupError(
-                    f"the broadcast object {digest} was not sent with the task that needs it"
-                )))
-            if objects:
-                spec["objects"] = objects
+            position = self.functions.unpack(spec, msg.buffers, msg.digests, position)
             end = position + int(spec.get("nbuf", 0))
             buffers = msg.buffers[position:end]
             intact = protocol.matches(buffers, msg.digests[position:end])
             with self.lock:
                 self.pending.append((spec, buffers if intact else None))
             position = end
-
-    def cache_function(
-        self, digest: str, buffers: list[Buffer], digests: list[bytes], origin: Any = None
-    ) -> None:
-        if isinstance(origin, str):
-            self.origins[digest] = origin[:200]
-        try:
-            protocol.verify(buffers, digests)
-            fn: Any = protocol.loads(buffers)
-        except IntegrityError as exc:
-            fn = exc
-        except DeserializationError as exc:
-            fn = self.versions_error(digest, exc)
-        except Exception as exc:
-            fn = exc
-        self.received["functions"] += 1
-        self.remember(digest, fn)
-
-    def cache_object(self, digest: str, buffers: list[Buffer], digests: list[bytes]) -> None:
-        """Keep a broadcast object; one that does not load is kept as the error its tasks raise."""
-        try:
-            protocol.verify(buffers, digests)
-            value: Any = protocol.loads(buffers)
-        except Exception as exc:
-            value = _Unloadable(exc)
-        self.received["objects"] += 1
-        self.remember(digest, value)
-
-    def remember(self, digest: str, value: Any) -> None:
-        """Cache an entry, evicting the least recently used one beyond the size (as the balancer does)."""
-        self.functions[digest] = value
-        if len(self.functions) > FUNCTION_CACHE_SIZE:
-            evicted, _ = self.functions.popitem(last=False)
-            self.origins.pop(evicted, None)
-
-    def run_now(self, msg: Message) -> None:
-        """``client.run``: call the function here and now, outside the task queue; answer at once."""
-        header: dict[str, Any] = {"type": "ran", "id": msg.header.get("id"), "worker": self.config.worker_id}
-        buffers: list[Buffer] = []
-        try:
-            protocol.verify(msg.buffers, msg.digests)
-            fn, args, kwargs = protocol.loads(msg.buffers)
-            value = fn(*args, **kwargs)
-            buffers = protocol.dumps(protocol.blob(value))
-            header["state"] = "done"
-        except BaseException as exc:  # the function's SystemExit fails the call only
-            header["state"] = "failed"
-            header["error"] = _error_info(exc)
-            with contextlib.suppress(Exception):
-                buffers = protocol.dumps(exc)
-        header["nbuf"] = len(buffers)
-        self.send(header, buffers)
-
-    def versions_error(self, digest: Any, exc: DeserializationError) -> DeserializationError:
-        """``exc`` with both sides' Python and cloudpickle versions, and what to do about them."""
-        origin = self.origins.get(digest) if isinstance(digest, str) else None
-        host = socket.gethostname()
-        here = f"this worker (on {host}) runs {VERSIONS}"
-        if origin is None:
-            advice = f"{here}; the client did not say which versions it runs"
-        elif origin == VERSIONS:
-            advice = (f"the client and this worker (on {host}) both run {VERSIONS}, so a module "
-                      "the task needs is probably not installed on this hub's machine")
-        else:
-            advice = (f"the client runs {origin} but {here}: run the hub with the client's Python "
-                      "and cloudpickle versions")
-        error = DeserializationError(f"{exc}; {advice}")
-        error.__cause__ = exc.__cause__
-        return error
-
-    # -- running ----------------------------------------------------------------------------
-    def report_progress(self, value: float) -> None:
-        pct = max(1, min(99, int(value)))
-        now = time.monotonic()
-        last_time, last_value = self._last_progress
-        if pct == last_value or (now - last_time < 0.05 and pct != 99):
-            return
-        self._last_progress = (now, pct)
-        if self.task_id is not None:
-            self.send_from_task({"type": "progress", "id": self.task_id, "value": pct})
 
     def send_from_task(self, header: dict[str, Any]) -> None:
         """Send while a task runs: directly, or through the I/O thread when it owns the socket."""
@@ -368,69 +230,6 @@ class _Worker:
                 self.wake_io()
                 return
         self.send(header)
-
-    def call(self, spec: dict[str, Any], buffers: list[Buffer] | None) -> Any:
-        if buffers is None:
-            raise IntegrityError(
-                "the task's arguments do not match the digest its signed header names: "
-                "they were altered in transit, so they were not unpickled"
-            )
-        route = spec.get("route")
-        if route is not None:
-            if route not in self.routes:
-                raise LookupError(f"this hub has no task named {route!r} (addTask it on the hub)")
-            handler, kwargs, wants_progress = self.routes[route]
-            extra = {"progress": report_progress} if wants_progress else {}
-            return handler(task=spec.get("payload"), **kwargs, **extra)
-        fn = self.functions.get(spec.get("fn", ""))
-        if fn is None:
-            raise LookupError("the task's function did not reach this worker")
-        if isinstance(fn, Exception):
-            raise fn
-        self.task_objects = spec.get("objects")
-        try:
-            args, kwargs = protocol.loads(buffers)
-        except DeserializationError as exc:
-            if isinstance(exc.__cause__, LookupError):
-                raise exc.__cause__ from None  # a broadcast object is missing: say that
-            raise self.versions_error(spec.get("fn"), exc) from exc.__cause__
-        finally:
-            self.task_objects = None
-        if spec.get("chunk"):
-            return [fn(*item) for item in args]
-        return fn(*args, **kwargs)
-
-    def run(self, spec: dict[str, Any], buffers: list[Buffer] | None) -> None:
-        self.task_id = spec["id"]
-        self._last_progress = (0.0, -1)
-        out, err = _Capture(), _Capture()
-        started = time.time()
-        header: dict[str, Any] = {"id": spec["id"], "started": started}
-        result_buffers: list[Buffer] = []
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                value = self.call(spec, buffers)
-            result_buffers = protocol.dumps(protocol.blob(value))
-            header["state"] = "done"
-        except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
-            header["state"] = "failed"
-            header["error"] = _error_info(exc)
-            with contextlib.suppress(Exception):
-                result_buffers = protocol.dumps(exc)
-        header["ended"] = time.time()
-        header["nbuf"] = len(result_buffers)
-        if out.tell():
-            header["stdout"] = out.getvalue()
-        if err.tell():
-            header["stderr"] = err.getvalue()
-        self.task_id = None
-        self.completed += 1
-        with self.lock:
-            if not self.outgoing:
-                self.first_unsent = time.monotonic()
-            self.outgoing.append((header, result_buffers))
-            if self.io_active:
-                self.wake_io()
 
     def flush(self) -> None:
         """Send the finished results and the running task's notes (only from the socket's owner)."""
@@ -466,7 +265,14 @@ class _Worker:
             spec, buffers = self.next_task()
             if not spec.get("short"):
                 self.hand_socket_to_io()
-            self.run(spec, buffers)
+            result = self.runner.run(spec, buffers)
+            self.completed += 1
+            with self.lock:
+                if not self.outgoing:
+                    self.first_unsent = time.monotonic()
+                self.outgoing.append(result)
+                if self.io_active:
+                    self.wake_io()
             if self.config.max_tasks and self.completed >= self.config.max_tasks:
                 raise _Retire(f"recycled after {self.completed} tasks")
             if self.leave is not None:
@@ -497,6 +303,7 @@ class _Worker:
         with self.lock:
             return self.pending.popleft()
 
+    # -- the I/O thread ---------------------------------------------------------------------
     def wake_io(self) -> None:
         """Make the I/O thread look at ``outgoing``, ``notes`` and ``io_active`` again."""
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes it all the same
@@ -578,7 +385,7 @@ def _set_nice(value: int) -> None:
 
 def main(config: WorkerConfig) -> None:
     """Entry point of a spawned worker process."""
-    global _current
+    global _runner
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _set_nice(config.process_p)
     # Ctrl-C in a terminal reaches the whole process group, and a batch scheduler's SIGTERM
@@ -586,23 +393,24 @@ def main(config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _run_setup(config)
-    _current = _Worker(config)
+    worker = _Worker(config)
+    _runner = worker.runner
     code = 0
     try:
-        _current.loop()
+        worker.loop()
     except _Retire as retire:
         code = EXIT_RETIRED
-        _current.close_io()
-        _current.flush()
-        _current.send({"type": "worker_bye", "worker": config.worker_id, "reason": str(retire)})
+        worker.close_io()
+        worker.flush()
+        worker.send({"type": "worker_bye", "worker": config.worker_id, "reason": str(retire)})
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         with contextlib.suppress(_Retire, SystemExit):
-            _current.close_io()
-        _current.flush()
-        _current.socket.close()
-        _current.context.term()
+            worker.close_io()
+        worker.flush()
+        worker.socket.close()
+        worker.context.term()
     if code:
         sys.exit(code)
 
