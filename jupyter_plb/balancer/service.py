@@ -55,7 +55,7 @@ class Balancer:
         self.params = parameters.load(params)
         if connection_file is not None:
             self.params = {**self.params, "LB_CONNECTION_FILE": str(connection_file)}
-        #: A team pool's access rule (team.py); None for a personal balancer.
+        #: A team pool's access rule (core/team.py); None for a personal balancer.
         self.team = team.policy_for(self.params)
         if self.team is not None:
             self.params = {**self.params, "LB_CURVE": True}
@@ -111,7 +111,7 @@ class Balancer:
         #: Set when a dispatch left tasks queued: every slot's credit is used until results arrive.
         self.slots_full = False
         self.session: Session | None = None
-        #: CurveZMQ keys and authenticator (security.py); None when Curve is off.
+        #: CurveZMQ keys and authenticator (transport/security.py); None when Curve is off.
         self.curve: security.CurveServer | None = None
         #: The certificate User-Id of the message being handled (None without Curve).
         self.sender: str | None = None
