@@ -29,6 +29,7 @@ import zmq
 
 from jupyter_plb.balancer.launcher_board import LauncherBoard
 from jupyter_plb.core import parameters, protocol, taskquery, team, versions
+from jupyter_plb.core import snapshot as snap
 from jupyter_plb.core.history import MAX_ARGS, FinishedTask, History, record
 from jupyter_plb.core.protocol import FUNCTION_CACHE_SIZE, Buffer, Message, Session
 from jupyter_plb.core.scheduler import Scheduler, Slot
@@ -1276,26 +1277,23 @@ class Balancer:
         else:
             raise TaskRejected(f"unknown message type {msg.type!r}")
 
-    def health_report(self) -> dict[str, Any]:
+    def health_report(self) -> snap.HealthReport:
         now = self.now()
-        interval = self.params["LB_HEARTBEAT_INTERVAL"]
         overdue = [
             t.id for s in self.scheduler.slots.values() for t in list(s.assigned.values())[:1]
             if t.timeout and t.started and now - t.started > t.timeout
         ]
-        return {
-            "balancer": self.id,
-            "hubs": len(self.hubs),
-            "workers": len(self.scheduler.slots),
-            "queued": self.scheduler.queued_count,
-            "running": self.scheduler.running_count,
-            "silent_hubs": [
-                h.name for h in self.hubs.values() if now - h.last_seen > 2 * interval
-            ],
-            "unhealthy_hubs": [h.name for h in self.hubs.values() if h.state == "unhealthy"],
-            "overdue": overdue[:100],
-            "unschedulable": len(self._unschedulable),
-        }
+        return snap.health_report(
+            balancer=self.id,
+            hubs=[{"name": h.name, "last_seen": h.last_seen, "state": h.state} for h in self.hubs.values()],
+            workers=len(self.scheduler.slots),
+            queued=self.scheduler.queued_count,
+            running=self.scheduler.running_count,
+            overdue=overdue,
+            unschedulable=len(self._unschedulable),
+            now=now,
+            heartbeat=self.params["LB_HEARTBEAT_INTERVAL"],
+        )
 
     # -- dispatch and results -----------------------------------------------------------------
     def _dispatch(self, idle_only: bool = False) -> None:
@@ -1703,41 +1701,33 @@ class Balancer:
         self.fair_share.sample(now, collections.Counter(t.user for t in heads if t is not None), len(slots))
 
     # -- views for the monitor, the health check and the magics ---------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> snap.Snapshot:
+        """The balancer's state in the monitor's schema (core/snapshot.py, docs/monitor-api.md)."""
         now = self.now()
         info = self.info
-        queued_by_user = self.scheduler.user_counts()
-        users = []
-        for user, counts in self.stats.per_user.items():
-            queued, running = queued_by_user.get(user, (0, 0))
-            users.append({"user": user, "queued": queued, "running": running, **counts})
         hubs = []
         for hub in self.hubs.values():
             workers = []
             for worker_id, winfo in hub.workers.items():
                 slot = self.scheduler.slot_of(worker_id)
                 head = next(iter(slot.assigned.values()), None) if slot else None
-                workers.append({
-                    **winfo,
-                    "state": "busy" if head is not None else "idle",
-                    "task": {"id": head.id, "name": head.name, "user": head.user, "started": head.started}
-                    if head is not None else None,
-                })
-            hubs.append({
-                "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
-                "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
-                "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
+                task = {"id": head.id, "name": head.name, "user": head.user, "started": head.started} if head else None
+                workers.append(snap.worker(winfo, task, now))
+            hubs.append(snap.hub({
+                "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid, "state": hub.state,
+                "last_seen": hub.last_seen, "tasks": sorted(hub.routes), "local": hub.local,
+                "python": hub.python, "cloudpickle": hub.cloudpickle, "job": hub.job,
                 "version_skew": versions.skew(self._hub_versions(hub), here="this balancer"),
-                "job": hub.job, "workers": workers,
-            })
-        queues: dict[str, dict[str, Any]] = {}
+            }, workers, now))
+        queues: dict[str, snap.Queue] = {}
         for task in itertools.islice(self.scheduler.iter_queued(), 100_000):
             entry = queues.setdefault(task.name, {"name": task.name, "queued": 0, "max_wait": 0.0})
             entry["queued"] += 1
             entry["max_wait"] = max(entry["max_wait"], now - task.submitted)
-        return {
-            "time": now,
-            "balancer": {
+        rejected = self.session.rejected if self.session else {}
+        return snap.build(
+            now=now,
+            balancer={
                 "id": self.id,
                 "version": versions.package_version(),
                 "started": self.started,
@@ -1747,32 +1737,31 @@ class Balancer:
                 if info else {},
                 "host": stdsocket.gethostname(),
                 "pid": os.getpid(),
-                **versions.LOCAL,
+                "python": versions.LOCAL["python"],
+                "cloudpickle": versions.LOCAL["cloudpickle"],
             },
-            "health": self.health,
-            "totals": {
+            health=snap.health(self.health["status"], self.health["messages"], self.health["checked"]),
+            totals={
                 "queued": self.scheduler.queued_count,
                 "running": self.scheduler.running_count,
-                **self.stats.totals(),
-                "bad_messages": self.stats.bad_messages + sum(self.session.rejected.values())
-                if self.session else self.stats.bad_messages,
+                **self.stats.totals(),  # type: ignore[typeddict-item]
+                "bad_messages": self.stats.bad_messages + sum(rejected.values()),
             },
-            "rejected": dict(self.session.rejected) if self.session else {},
-            "rates": self.stats.rates(),
-            "throughput": self.stats.history(),
-            "users": self.fair_share.users_view(users),
-            "share_window": self.fair_share.window,
-            "hubs": hubs,
-            "launchers": self.launchers.rows(now),
-            "queues": sorted(queues.values(), key=lambda q: q["name"]),
-            "stats": self.stats.per_name_list(),
-            "unschedulable": [
+            rejected=rejected,
+            throughput=self.stats.history(),  # type: ignore[arg-type]
+            users=snap.users(self.stats.per_user, self.scheduler.user_counts(), self.fair_share.shares()),
+            share_window=self.fair_share.window,
+            hubs=hubs,
+            launchers=self.launchers.rows(now),
+            queues=queues.values(),
+            stats=self.stats.per_name_list(),  # type: ignore[arg-type]
+            unschedulable=[
                 {"id": t.id, "name": t.name, "user": t.user, "priority": t.priority, "reason": t.reason}
                 for t in (self.tasks.get(i) for i in list(self._unschedulable)[:100]) if t is not None
             ],
-            "recent_failures": list(self.stats.failures),
-            "timeline": list(self.stats.timeline),
-        }
+            failures=self.stats.failures,  # type: ignore[arg-type]
+            timeline=list(self.stats.timeline),  # type: ignore[arg-type]
+        )
 
     def list_tasks(
         self,
@@ -1782,20 +1771,21 @@ class Balancer:
         offset: int = 0,
         limit: int = 100,
         query: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> snap.TaskList:
         """Tasks matching ``query`` (:mod:`.taskquery`) and the exact filters: queued and running
         ones newest first, then finished ones from the history, most recently finished first."""
         wanted = taskquery.parse(query, state=state, user=user, name=name)
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
         everything = wanted == taskquery.TaskQuery()
+        now = self.now()
         total = 0
-        page: list[dict[str, Any]] = []
+        page: list[snap.TaskRow] = []
         if wanted.wants_live:
             for task in self.tasks.unfinished_newest():
                 if everything or wanted.matches(_search_fields(task)):
                     if offset <= total < offset + limit:
-                        page.append(task.summary())
+                        page.append(snap.task_row(task.summary(), now))
                     total += 1
         if wanted.wants_finished:
             for kept in self.history.newest():
@@ -1803,27 +1793,25 @@ class Balancer:
                     kept.id, kept.name, kept.user, kept.state, kept.worker, kept.hub, kept.error, kept.args,
                 )):
                     if offset <= total < offset + limit:
-                        page.append(kept.summary())
+                        page.append(snap.task_row(kept.summary(), now, kept.run_time))
                     total += 1
-        return {"total": total, "tasks": page}
+        return snap.task_list(total, page)
 
-    def task_info(self, task_id: str) -> dict[str, Any] | None:
+    def task_info(self, task_id: str) -> snap.TaskDetail | None:
         """A task's full detail (arguments, timings, worker; traceback and output once finished),
         live or from the history; None if neither knows it."""
         task = self.tasks.get(task_id)
         if task is not None and not task.state.finished:
-            started = task.started
-            now = self.now()
             return {
-                **task.summary(), "retries": task.retries, "args": task.args, "traceback": None,
-                "stdout": None, "stderr": None,
-                "wait_time": (started if started is not None else now) - task.submitted,
-                "run_time": now - started if started is not None else None,
+                **snap.task_row(task.summary(), self.now()), "retries": task.retries, "args": task.args,
+                "traceback": None, "stdout": None, "stderr": None,
             }
         kept = self.history.get(task_id)
         if kept is None and task is not None:
             kept = FinishedTask.of(task)
-        return kept.detail() if kept is not None else None
+        if kept is None:
+            return None
+        return cast(snap.TaskDetail, snap.task_row(kept.detail(), self.now(), kept.run_time))
 
 
 def _search_fields(task: Task) -> taskquery.SearchFields:
