@@ -16,8 +16,8 @@ import ipywidgets
 import pytest
 from comm.base_comm import BaseComm
 
-from jupyter_plb import display, widgets
-from jupyter_plb.client import Client
+from jupyter_plb.client import Client, display, progress_widget
+from jupyter_plb.jupyter import widgets
 
 from .conftest import running_balancer, wait_for
 
@@ -165,7 +165,7 @@ def test_progress_line_draws_until_the_batch_settles(plb: Client) -> None:
 
 
 def test_live_progress_feeds_a_widget_from_one_thread(plb: Client) -> None:
-    view = widgets.BatchProgress("naps")
+    view = progress_widget.BatchProgress("naps")
     counter = display.BatchCounter(total=8)
     asked: list[float] = []
 
@@ -185,7 +185,7 @@ def test_live_progress_feeds_a_widget_from_one_thread(plb: Client) -> None:
 
 
 def test_batch_progress_shows_the_output_tail_while_running() -> None:
-    view = widgets.BatchProgress(PAYLOAD)
+    view = progress_widget.BatchProgress(PAYLOAD)
     counts = {
         "total": 4,
         "done": 1,
@@ -205,13 +205,13 @@ def test_batch_progress_shows_the_output_tail_while_running() -> None:
 def test_update_sends_changed_traits_as_one_message(recorded: list[dict[str, Any]]) -> None:
     bar = ipywidgets.IntProgress()
     recorded.clear()
-    widgets._update(bar, max=10, value=5, bar_style="danger")
+    progress_widget.set_traits(bar, max=10, value=5, bar_style="danger")
     assert len(recorded) == 1 and recorded[0]["state"] == {
         "max": 10,
         "value": 5,
         "bar_style": "danger",
     }
-    widgets._update(bar, max=10, value=5)
+    progress_widget.set_traits(bar, max=10, value=5)
     assert len(recorded) == 1
 
 

@@ -4,8 +4,9 @@ The balancer calls :meth:`EventStream._on_events` after each batch of state chan
 coalesced per task (latest fields win) and sent as one ``{"type": "tasks"}`` message at most every
 ``BATCH_INTERVAL``, each event a task row with its wait and run times; a ``{"type": "snapshot"}``
 goes out every ``SNAPSHOT_INTERVAL`` (≤ 2 Hz), and one as soon as a listener connects. Both are
-messages of the monitor's schema (:mod:`jupyter_plb.core.snapshot`), with its version. Each listener has at most one write in flight and a bounded
-backlog: a slow reader loses its oldest messages, never the server's memory. Task events dropped
+messages of the monitor's schema (:mod:`jupyter_plb.core.snapshot`), with its version. Each
+listener has at most one write in flight and a bounded backlog: a slow reader loses its oldest
+messages, never the server's memory. Task events dropped
 before a batch is sent are counted in the batch's ``dropped`` field.
 """
 
@@ -154,4 +155,5 @@ class EventStream:
         events, self._pending = list(self._pending.values()), {}
         now = self.balancer.now()
         dropped, self.dropped_events = self.dropped_events, 0
-        self._broadcast(dumps(snap.tasks_message([snap.task_row(e, now) for e in events], dropped)))
+        rows = [snap.task_row(e, now) if "submitted" in e else e for e in events]  # partial: as given
+        self._broadcast(dumps(snap.tasks_message(rows, dropped)))  # type: ignore[arg-type]
