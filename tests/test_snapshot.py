@@ -271,6 +271,14 @@ def test_the_typescript_mirror_has_every_type_and_field_of_the_schema() -> None:
         assert mirror[name] == snap.fields(kind), f"schema.ts's {name} differs from core/snapshot.py's"
 
 
+def test_the_documented_sample_and_the_panels_sample_fit_the_schema() -> None:
+    page = (ROOT / "docs" / "monitor-api.md").read_text()
+    documented = page.split("## Snapshot (", 1)[1].split("```json\n", 1)[1].split("\n```", 1)[0]
+    fits(json.loads(documented))
+    assert f"**Version: `SCHEMA_VERSION = {snap.SCHEMA_VERSION}`.**" in page
+    fits(json.loads((ROOT / "labextension" / "test" / "sample-snapshot.json").read_text()))
+
+
 def test_the_monitor_page_knows_the_schema_version() -> None:
     page = (ROOT / "jupyter_plb" / "monitor" / "static" / "monitor.js").read_text()
     assert f"const SCHEMA_VERSION = {snap.SCHEMA_VERSION};" in page
