@@ -1701,8 +1701,8 @@ class Balancer:
         self.fair_share.sample(now, collections.Counter(t.user for t in heads if t is not None), len(slots))
 
     # -- views for the monitor, the health check and the magics ---------------------------------
-    def snapshot(self) -> snap.Snapshot:
-        """The balancer's state in the monitor's schema (core/snapshot.py, docs/monitor-api.md)."""
+    def snapshot(self) -> dict[str, Any]:
+        """The balancer's state: a :class:`jupyter_plb.core.snapshot.Snapshot` (docs/monitor-api.md)."""
         now = self.now()
         info = self.info
         hubs = []
@@ -1711,8 +1711,10 @@ class Balancer:
             for worker_id, winfo in hub.workers.items():
                 slot = self.scheduler.slot_of(worker_id)
                 head = next(iter(slot.assigned.values()), None) if slot else None
-                task = {"id": head.id, "name": head.name, "user": head.user, "started": head.started} if head else None
-                workers.append(snap.worker(winfo, task, now))
+                current = None if head is None else {
+                    "id": head.id, "name": head.name, "user": head.user, "started": head.started,
+                }
+                workers.append(snap.worker(winfo, current, now))
             hubs.append(snap.hub({
                 "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid, "state": hub.state,
                 "last_seen": hub.last_seen, "tasks": sorted(hub.routes), "local": hub.local,
@@ -1725,7 +1727,7 @@ class Balancer:
             entry["queued"] += 1
             entry["max_wait"] = max(entry["max_wait"], now - task.submitted)
         rejected = self.session.rejected if self.session else {}
-        return snap.build(
+        return cast(dict[str, Any], snap.build(
             now=now,
             balancer={
                 "id": self.id,
@@ -1761,7 +1763,7 @@ class Balancer:
             ],
             failures=self.stats.failures,  # type: ignore[arg-type]
             timeline=list(self.stats.timeline),  # type: ignore[arg-type]
-        )
+        ))
 
     def list_tasks(
         self,

@@ -22,7 +22,7 @@ import time
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 #: The version of everything defined here, carried as ``schema`` in every snapshot, task list and
 #: websocket message. Bump it when a field changes name, type or meaning, or goes away.
@@ -362,7 +362,7 @@ class TasksMessage(TypedDict):
 # -- shared derivations -----------------------------------------------------------------------------
 def health(status: Any, messages: Iterable[Any] = (), checked: float | None = None) -> Health:
     """The health block: ``status`` normalised (anything else is "unknown"), its label."""
-    normal = status if status in HEALTH_LABELS else "unknown"
+    normal = cast(HealthStatus, status if status in HEALTH_LABELS else "unknown")
     return {
         "status": normal, "label": HEALTH_LABELS[normal], "messages": [str(m) for m in messages],
         "checked": checked,
@@ -585,7 +585,7 @@ def task_row(summary: Mapping[str, Any], now: float, run_time: float | None = No
     """A task summary (``Task.summary()``) with its wait and run times; ``run_time`` is the
     worker's measure of a finished task, when known."""
     wait, run = task_times(summary["submitted"], summary["started"], summary["ended"], now)
-    return {**summary, "wait_time": wait, "run_time": run if run_time is None else run_time}  # type: ignore[typeddict-item]
+    return cast(TaskRow, {**summary, "wait_time": wait, "run_time": run if run_time is None else run_time})
 
 
 def task_list(total: int, rows: list[TaskRow]) -> TaskList:
@@ -635,7 +635,7 @@ def attached(
 ) -> Snapshot:
     """The snapshot a team balancer sent, as a server attached to it shows it: with ``team``
     (whether it answers, who this server is there) and, while it does not answer, health error."""
-    view: Snapshot = {**data}  # type: ignore[typeddict-item]
+    view: Snapshot = {**data}
     viewer = data.get("viewer")
     identity = ""
     if viewer is not None and viewer["team"]:
@@ -652,8 +652,8 @@ def attached(
     return view
 
 
-def snapshot_message(data: Snapshot) -> SnapshotMessage:
-    return {"type": "snapshot", "schema": SCHEMA_VERSION, "data": data}
+def snapshot_message(data: Snapshot | dict[str, Any]) -> SnapshotMessage:
+    return {"type": "snapshot", "schema": SCHEMA_VERSION, "data": cast(Snapshot, data)}
 
 
 def tasks_message(events: list[TaskRow], dropped: int = 0) -> TasksMessage:
@@ -695,7 +695,8 @@ def _check(value: Any, kind: Any, where: str, found: list[str]) -> None:
         options = typing.get_args(kind)
         trials = [problems(value, option, where) for option in options]
         if not any(not t for t in trials):
-            found.extend(min(trials, key=len) if value is not None else [f"{where}: None, not {kind}"])
+            closest = min(trials, key=lambda t: len(t))
+            found.extend(closest if value is not None else [f"{where}: None, not {kind}"])
         return
     if origin is Literal:
         if value not in typing.get_args(kind):

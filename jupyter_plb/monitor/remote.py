@@ -189,13 +189,14 @@ class RemoteBalancer:
         self.reachable, self.error = False, error
 
     # -- the Balancer interface the monitor uses -------------------------------------------------
-    def snapshot(self) -> snap.Snapshot:
-        """The last snapshot the team balancer sent, with ``team`` saying whether it still answers."""
+    def snapshot(self) -> dict[str, Any]:
+        """The last snapshot the team balancer sent, with ``team`` saying whether it still answers
+        (a :class:`jupyter_plb.core.snapshot.Snapshot`, as the balancer's own)."""
         data = self._last if self._last is not None else snap.empty(self.now())
-        return snap.attached(
+        return cast(dict[str, Any], snap.attached(
             data, path=str(self.connection_path), reachable=self.reachable,
             unreachable_since=self.unreachable_since, error=self.error, now=self.now(),
-        )
+        ))
 
     async def list_tasks(self, **filters: Any) -> snap.TaskList:
         msg = await self.request({"type": "tasks", **{k: v for k, v in filters.items() if v is not None}})
