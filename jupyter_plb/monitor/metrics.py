@@ -60,11 +60,9 @@ class SnapshotCollector:
         hubs = GaugeMetricFamily("plb_hubs", "Connected hubs, by state.", labels=["state"])
         workers = GaugeMetricFamily("plb_workers", "Worker slots, by state.", labels=["state"])
         hub_states: dict[str, int] = {}
-        worker_states = {"idle": 0, "busy": 0}
         for hub in s["hubs"]:
             hub_states[hub["state"]] = hub_states.get(hub["state"], 0) + 1
-            for worker in hub["workers"]:
-                worker_states[worker["state"]] = worker_states.get(worker["state"], 0) + 1
+        worker_states = {"idle": s["workers"]["idle"], "busy": s["workers"]["busy"]}
         for state, count in sorted(hub_states.items()):
             hubs.add_metric([state], count)
         for state, count in sorted(worker_states.items()):
