@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from jupyter_plb.core.snapshot import version_problem
+
 #: Label values per user / task name exported at most (users and names come from clients).
 MAX_LABEL_VALUES = 200
 HEALTH_STATES = ("ok", "warning", "error", "unknown")
@@ -25,6 +27,13 @@ class SnapshotCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot()
+        found = s.get("schema")
+        yield GaugeMetricFamily(
+            "plb_snapshot_schema", "The schema version of the balancer's snapshot.",
+            value=found if isinstance(found, int) else 0,
+        )
+        if version_problem(s) is not None:
+            return  # another jupyter_plb release (an attached team balancer): nothing else is read
         totals = s["totals"]
         balancer = s["balancer"]
 
