@@ -26,6 +26,7 @@ from jupyter_server.utils import JupyterServerAuthWarning, url_path_join
 
 from jupyter_plb.balancer.healthcheck import NO_WORKERS
 from jupyter_plb.client import Client
+from jupyter_plb.core.snapshot import SCHEMA_VERSION
 from jupyter_plb.monitor import PAGE_CSP
 from jupyter_plb.monitor.events import MAX_BACKLOG, MAX_PENDING_EVENTS
 
@@ -385,7 +386,7 @@ async def test_tasks_list_filters_paginates_and_delete_cancels(
         )
         assert page["total"] == 4 and len(page["tasks"]) == 2
         nobody = await get_json(jp_fetch, "plb", "api", "tasks", params={"user": "bob"})
-        assert nobody == {"total": 0, "tasks": []}
+        assert nobody == {"schema": SCHEMA_VERSION, "total": 0, "tasks": []}
         for bad in ({"limit": "ten"}, {"offset": "-1"}, {"limit": "100000"}, {"state": "lost"}):
             with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
                 await asyncio.wait_for(jp_fetch("plb", "api", "tasks", params=bad), DEADLINE)
@@ -499,6 +500,7 @@ async def test_event_stream_coalesces_events_and_bounds_a_slow_listener(plb_star
     batch = (await until(batches, "the coalesced batch"))[0]
     assert batch == {
         "type": "tasks",
+        "schema": SCHEMA_VERSION,
         "events": [
             {"id": "t_1", "state": "running", "name": "f", "worker": "w"},
             {"id": "t_2", "state": "queued"},

@@ -17,6 +17,7 @@ import pytest
 
 from jupyter_plb.client import Client
 from jupyter_plb.cluster.launch import LocalCluster
+from jupyter_plb.core.snapshot import SCHEMA_VERSION
 from jupyter_plb.core.team import FairShare, TeamPolicy, policy_for
 from jupyter_plb.errors import BalancerUnreachable, ParametersError, TaskRejected
 from jupyter_plb.monitor.remote import RemoteBalancer
@@ -148,7 +149,7 @@ def test_the_remote_view_says_when_the_team_balancer_is_gone_and_recovers(
         try:
             await until(lambda: remote.reachable, "the first snapshot")
             assert remote.snapshot()["viewer"]["user"] == "alice"
-            assert await remote.list_tasks(state="queued") == {"total": 0, "tasks": []}
+            assert await remote.list_tasks(state="queued") == {"schema": SCHEMA_VERSION, "total": 0, "tasks": []}
             with pytest.raises(TaskRejected, match="cannot list the tasks of user 'bob'"):
                 await remote.list_tasks(user="bob")
 

@@ -337,3 +337,17 @@ def test_dashboard_says_when_it_cannot_refresh(balancer: Path) -> None:
         assert "closed" in dash.message.value and dash.running
     finally:
         dash.close()
+
+
+def test_dashboard_and_status_report_refuse_a_snapshot_of_another_schema(plb: Client) -> None:
+    dash = widgets.Dashboard(plb, refresh=60)
+    try:
+        wait_for(lambda: dash.refreshed >= 1, what="a first refresh")
+        header, refreshed = dash.header.value, dash.refreshed
+        dash.show({**plb.status(), "schema": 99})
+        assert "speaks snapshot schema 99" in dash.message.value
+        assert dash.header.value == header and dash.refreshed == refreshed, "nothing of it is drawn"
+    finally:
+        dash.close()
+    report = display.status_report({"schema": 99})
+    assert report.text.startswith("the balancer speaks snapshot schema 99, this view understands schema 1")

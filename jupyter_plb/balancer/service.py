@@ -30,6 +30,7 @@ from jupyter_plb.balancer.results import Results
 from jupyter_plb.balancer.state import DRAIN_BUDGET, DRAIN_SECONDS, Hub, PendingResults, Run, StoredFunction
 from jupyter_plb.balancer.views import Views
 from jupyter_plb.core import parameters, protocol, team
+from jupyter_plb.core import snapshot as snap
 from jupyter_plb.core.history import History
 from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.core.scheduler import Scheduler
@@ -401,10 +402,10 @@ class Balancer:
         offset: int = 0,
         limit: int = 100,
         query: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> snap.TaskList:
         return self.views.list_tasks(state, user, name, offset, limit, query)
 
-    def task_info(self, task_id: str) -> dict[str, Any] | None:
+    def task_info(self, task_id: str) -> snap.TaskDetail | None:
         return self.views.task_info(task_id)
 
     def cancel(self, task_id: str) -> dict[str, Any]:

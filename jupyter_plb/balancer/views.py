@@ -6,9 +6,10 @@ import itertools
 import logging
 import os
 import socket as stdsocket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jupyter_plb.balancer.state import search_fields
+from jupyter_plb.core import snapshot as snap
 from jupyter_plb.core import taskquery, versions
 from jupyter_plb.core.history import FinishedTask
 from jupyter_plb.core.protocol import Message
@@ -43,62 +44,53 @@ class Views:
         else:
             raise TaskRejected(f"unknown message type {msg.type!r}")
 
-    def health_report(self) -> dict[str, Any]:
+    def health_report(self) -> snap.HealthReport:
         now = self.lb.now()
-        interval = self.lb.params["LB_HEARTBEAT_INTERVAL"]
         overdue = [
             t.id for s in self.lb.scheduler.slots.values() for t in list(s.assigned.values())[:1]
             if t.timeout and t.started and now - t.started > t.timeout
         ]
-        return {
-            "balancer": self.lb.id,
-            "hubs": len(self.lb.hubs),
-            "workers": len(self.lb.scheduler.slots),
-            "queued": self.lb.scheduler.queued_count,
-            "running": self.lb.scheduler.running_count,
-            "silent_hubs": [
-                h.name for h in self.lb.hubs.values() if now - h.last_seen > 2 * interval
-            ],
-            "unhealthy_hubs": [h.name for h in self.lb.hubs.values() if h.state == "unhealthy"],
-            "overdue": overdue[:100],
-            "unschedulable": len(self.lb.unschedulable),
-        }
+        return snap.health_report(
+            balancer=self.lb.id,
+            hubs=[{"name": h.name, "last_seen": h.last_seen, "state": h.state} for h in self.lb.hubs.values()],
+            workers=len(self.lb.scheduler.slots),
+            queued=self.lb.scheduler.queued_count,
+            running=self.lb.scheduler.running_count,
+            overdue=overdue,
+            unschedulable=len(self.lb.unschedulable),
+            now=now,
+            heartbeat=self.lb.params["LB_HEARTBEAT_INTERVAL"],
+        )
 
     def snapshot(self) -> dict[str, Any]:
+        """The balancer's state: a :class:`jupyter_plb.core.snapshot.Snapshot` (docs/monitor-api.md)."""
         now = self.lb.now()
         info = self.lb.info
-        queued_by_user = self.lb.scheduler.user_counts()
-        users = []
-        for user, counts in self.lb.stats.per_user.items():
-            queued, running = queued_by_user.get(user, (0, 0))
-            users.append({"user": user, "queued": queued, "running": running, **counts})
         hubs = []
         for hub in self.lb.hubs.values():
             workers = []
             for worker_id, winfo in hub.workers.items():
                 slot = self.lb.scheduler.slot_of(worker_id)
                 head = next(iter(slot.assigned.values()), None) if slot else None
-                workers.append({
-                    **winfo,
-                    "state": "busy" if head is not None else "idle",
-                    "task": {"id": head.id, "name": head.name, "user": head.user, "started": head.started}
-                    if head is not None else None,
-                })
-            hubs.append({
-                "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid,
-                "state": hub.state, "last_seen": hub.last_seen, "tasks": sorted(hub.routes),
-                "local": hub.local, "python": hub.python, "cloudpickle": hub.cloudpickle,
+                current = None if head is None else {
+                    "id": head.id, "name": head.name, "user": head.user, "started": head.started,
+                }
+                workers.append(snap.worker(winfo, current, now))
+            hubs.append(snap.hub({
+                "id": hub.id, "name": hub.name, "host": hub.host, "pid": hub.pid, "state": hub.state,
+                "last_seen": hub.last_seen, "tasks": sorted(hub.routes), "local": hub.local,
+                "python": hub.python, "cloudpickle": hub.cloudpickle, "job": hub.job,
                 "version_skew": versions.skew(self.lb.hub_desk.hub_versions(hub), here="this balancer"),
-                "job": hub.job, "workers": workers,
-            })
-        queues: dict[str, dict[str, Any]] = {}
+            }, workers, now))
+        queues: dict[str, snap.Queue] = {}
         for task in itertools.islice(self.lb.scheduler.iter_queued(), 100_000):
             entry = queues.setdefault(task.name, {"name": task.name, "queued": 0, "max_wait": 0.0})
             entry["queued"] += 1
             entry["max_wait"] = max(entry["max_wait"], now - task.submitted)
-        return {
-            "time": now,
-            "balancer": {
+        rejected = self.lb.session.rejected if self.lb.session else {}
+        return cast(dict[str, Any], snap.build(
+            now=now,
+            balancer={
                 "id": self.lb.id,
                 "version": versions.package_version(),
                 "started": self.lb.started,
@@ -108,32 +100,31 @@ class Views:
                 if info else {},
                 "host": stdsocket.gethostname(),
                 "pid": os.getpid(),
-                **versions.LOCAL,
+                "python": versions.LOCAL["python"],
+                "cloudpickle": versions.LOCAL["cloudpickle"],
             },
-            "health": self.lb.health,
-            "totals": {
+            health=snap.health(self.lb.health["status"], self.lb.health["messages"], self.lb.health["checked"]),
+            totals={
                 "queued": self.lb.scheduler.queued_count,
                 "running": self.lb.scheduler.running_count,
-                **self.lb.stats.totals(),
-                "bad_messages": self.lb.stats.bad_messages + sum(self.lb.session.rejected.values())
-                if self.lb.session else self.lb.stats.bad_messages,
+                **self.lb.stats.totals(),  # type: ignore[typeddict-item]
+                "bad_messages": self.lb.stats.bad_messages + sum(rejected.values()),
             },
-            "rejected": dict(self.lb.session.rejected) if self.lb.session else {},
-            "rates": self.lb.stats.rates(),
-            "throughput": self.lb.stats.history(),
-            "users": self.lb.fair_share.users_view(users),
-            "share_window": self.lb.fair_share.window,
-            "hubs": hubs,
-            "launchers": self.lb.launchers.rows(now),
-            "queues": sorted(queues.values(), key=lambda q: q["name"]),
-            "stats": self.lb.stats.per_name_list(),
-            "unschedulable": [
+            rejected=rejected,
+            throughput=self.lb.stats.history(),  # type: ignore[arg-type]
+            users=snap.users(self.lb.stats.per_user, self.lb.scheduler.user_counts(), self.lb.fair_share.shares()),
+            share_window=self.lb.fair_share.window,
+            hubs=hubs,
+            launchers=self.lb.launchers.rows(now),
+            queues=queues.values(),
+            stats=self.lb.stats.per_name_list(),  # type: ignore[arg-type]
+            unschedulable=[
                 {"id": t.id, "name": t.name, "user": t.user, "priority": t.priority, "reason": t.reason}
                 for t in (self.lb.tasks.get(i) for i in list(self.lb.unschedulable)[:100]) if t is not None
             ],
-            "recent_failures": list(self.lb.stats.failures),
-            "timeline": list(self.lb.stats.timeline),
-        }
+            failures=self.lb.stats.failures,  # type: ignore[arg-type]
+            timeline=list(self.lb.stats.timeline),  # type: ignore[arg-type]
+        ))
 
     def list_tasks(
         self,
@@ -143,20 +134,21 @@ class Views:
         offset: int = 0,
         limit: int = 100,
         query: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> snap.TaskList:
         """Tasks matching ``query`` (:mod:`.taskquery`) and the exact filters: queued and running
         ones newest first, then finished ones from the history, most recently finished first."""
         wanted = taskquery.parse(query, state=state, user=user, name=name)
         limit = max(0, min(limit, 1000))
         offset = max(0, offset)
         everything = wanted == taskquery.TaskQuery()
+        now = self.lb.now()
         total = 0
-        page: list[dict[str, Any]] = []
+        page: list[snap.TaskRow] = []
         if wanted.wants_live:
             for task in self.lb.tasks.unfinished_newest():
                 if everything or wanted.matches(search_fields(task)):
                     if offset <= total < offset + limit:
-                        page.append(task.summary())
+                        page.append(snap.task_row(task.summary(), now))
                     total += 1
         if wanted.wants_finished:
             for kept in self.lb.history.newest():
@@ -164,24 +156,22 @@ class Views:
                     kept.id, kept.name, kept.user, kept.state, kept.worker, kept.hub, kept.error, kept.args,
                 )):
                     if offset <= total < offset + limit:
-                        page.append(kept.summary())
+                        page.append(snap.task_row(kept.summary(), now, kept.run_time))
                     total += 1
-        return {"total": total, "tasks": page}
+        return snap.task_list(total, page)
 
-    def task_info(self, task_id: str) -> dict[str, Any] | None:
+    def task_info(self, task_id: str) -> snap.TaskDetail | None:
         """A task's full detail (arguments, timings, worker; traceback and output once finished),
         live or from the history; None if neither knows it."""
         task = self.lb.tasks.get(task_id)
         if task is not None and not task.state.finished:
-            started = task.started
-            now = self.lb.now()
             return {
-                **task.summary(), "retries": task.retries, "args": task.args, "traceback": None,
-                "stdout": None, "stderr": None,
-                "wait_time": (started if started is not None else now) - task.submitted,
-                "run_time": now - started if started is not None else None,
+                **snap.task_row(task.summary(), self.lb.now()), "retries": task.retries, "args": task.args,
+                "traceback": None, "stdout": None, "stderr": None,
             }
         kept = self.lb.history.get(task_id)
         if kept is None and task is not None:
             kept = FinishedTask.of(task)
-        return kept.detail() if kept is not None else None
+        if kept is None:
+            return None
+        return cast(snap.TaskDetail, snap.task_row(kept.detail(), self.lb.now(), kept.run_time))

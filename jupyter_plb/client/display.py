@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from jupyter_plb.core.snapshot import version_problem
+
 STATE_COLOURS = {
     "queued": "#8a8a8a",
     "running": "#1f77b4",
@@ -340,15 +342,6 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     )
 
 
-def priority_range(worker: dict[str, Any]) -> str:
-    lo, hi = worker.get("min_p"), worker.get("max_p")
-    if lo is None or hi is None:
-        return "?"
-    if lo <= -1e9 and hi >= 1e9:
-        return "any"
-    return f"{lo:g}-{hi:g}"
-
-
 def _worker_task(worker: dict[str, Any]) -> str:
     task = worker.get("task")
     if not task:
@@ -367,7 +360,7 @@ def hub_rows(hubs: Sequence[dict[str, Any]]) -> list[list[Any]]:
                     hub.get("state", ""),
                     worker.get("id", "-"),
                     worker.get("state", ""),
-                    priority_range(worker) if worker else "",
+                    worker.get("priorities", ""),
                     worker.get("done", ""),
                     _worker_task(worker),
                 ]
@@ -379,18 +372,19 @@ HUB_HEADERS = ("hub", "host", "hub state", "worker", "state", "priorities", "don
 
 
 def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
-    """Hubs and their workers (busy/idle, priority range, current task)."""
+    """Hubs and their workers (busy/idle, priority range, current task), as the snapshot
+    (core/snapshot.py) counts and words them."""
     lines = []
     for hub in hubs:
         workers = hub.get("workers", [])
-        busy = sum(w.get("state") == "busy" for w in workers)
         lines.append(
-            f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: {len(workers)} workers, {busy} busy"
+            f"hub {hub.get('name')} ({hub.get('host')}) {hub.get('state')}: {len(workers)} workers, "
+            f"{hub.get('busy', 0)} busy"
         )
         for worker in workers:
             current = _worker_task(worker)
             lines.append(
-                f"  {worker.get('id')} {worker.get('state')} priorities {priority_range(worker)}"
+                f"  {worker.get('id')} {worker.get('state')} priorities {worker.get('priorities', '?')}"
                 f" done {worker.get('done', 0)}" + (f" running {current}" if current else "")
             )
     text = "\n".join(lines) or "no hubs connected"
@@ -399,35 +393,42 @@ def hubs_report(hubs: Sequence[dict[str, Any]]) -> Report:
 
 
 def status_report(snapshot: dict[str, Any]) -> Report:
-    """The balancer's snapshot as a short summary: health, totals, rates, users, hubs, failures."""
-    balancer, totals = snapshot.get("balancer", {}), snapshot.get("totals", {})
-    health = snapshot.get("health", {})
-    rates = snapshot.get("rates", {})
-    users = snapshot.get("users", [])
-    failures = snapshot.get("recent_failures", [])
-    waiting = snapshot.get("unschedulable", [])
+    """The balancer's snapshot as a short summary: health, totals, rates, users, hubs, failures
+    (newest first, as the snapshot orders them)."""
+    problem = version_problem(snapshot)
+    if problem is not None:
+        return Report(snapshot, problem, f"<div class='plb-status' style='color:#d62728'>{esc(problem)}</div>")
+    balancer, totals = snapshot["balancer"], snapshot["totals"]
+    health = snapshot["health"]
+    users = snapshot["users"]
+    failures = snapshot["recent_failures"][:5]
+    waiting = snapshot["unschedulable"]
     head = (
-        f"balancer {balancer.get('id')} up {balancer.get('uptime', 0):.0f} s, "
-        f"health {health.get('status')}, {rates.get('done_per_s', 0):.0f} tasks/s"
+        f"balancer {balancer['id']} up {balancer['uptime']:.0f} s, "
+        f"health: {health['label']}, {snapshot['rates']['done_per_s']:.0f} tasks/s"
     )
     counts = ", ".join(f"{k} {v}" for k, v in totals.items())
-    lines = [head, "  " + counts, *("  " + m for m in health.get("messages", []))]
+    lines = [head, "  " + counts, *("  " + m for m in health["messages"])]
     lines += [
-        f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u['done']}, failed {u['failed']}"
+        f"  user {u['user']}: queued {u['queued']}, running {u['running']}, done {u.get('done', 0)}, "
+        f"failed {u.get('failed', 0)}"
         for u in users
     ]
-    lines += [f"  failed {f.get('id')} {f.get('name')} ({f.get('user')}): {f.get('error')}" for f in failures[-5:]]
+    lines += [f"  failed {f.get('id', '')} {f['name']} ({f['user']}): {f.get('error', '')}" for f in failures]
     lines += [
-        f"  waiting {u.get('id')} {u.get('name')} ({u.get('user')}) priority {u.get('priority')}: {u.get('reason')}"
+        f"  waiting {u.get('id', '')} {u['name']} ({u['user']}) priority {u['priority']}: {u.get('reason', '')}"
         for u in waiting[:5]
     ]
     hubs = hubs_report(snapshot.get("hubs", []))
     text = "\n".join([*lines, hubs.text])
-    user_rows = [[u["user"], u["queued"], u["running"], u["done"], u["failed"], u.get("cancelled", 0)] for u in users]
+    user_rows = [
+        [u["user"], u["queued"], u["running"], u.get("done", 0), u.get("failed", 0), u.get("cancelled", 0)]
+        for u in users
+    ]
     parts = [
         f"<div><b>{esc(head)}</b></div>",
         f"<div>{esc(counts)}</div>",
-        *(f"<div style='color:#b36b00'>{esc(m)}</div>" for m in health.get("messages", [])),
+        *(f"<div style='color:#b36b00'>{esc(m)}</div>" for m in health["messages"]),
         html_table(("user", "queued", "running", "done", "failed", "cancelled"), user_rows) if users else "",
         hubs.html,
     ]
@@ -435,14 +436,14 @@ def status_report(snapshot: dict[str, Any]) -> Report:
         parts.append(
             html_table(
                 ("failed task", "name", "user", "error"),
-                [[f.get("id"), f.get("name"), f.get("user"), f.get("error")] for f in failures[-5:]],
+                [[f.get("id", ""), f["name"], f["user"], f.get("error", "")] for f in failures],
             )
         )
     if waiting:
         parts.append(
             html_table(
                 ("waiting task", "name", "user", "priority", "why"),
-                [[u.get("id"), u.get("name"), u.get("user"), u.get("priority"), u.get("reason")] for u in waiting[:5]],
+                [[u.get("id", ""), u["name"], u["user"], u["priority"], u.get("reason", "")] for u in waiting[:5]],
             )
         )
     return Report(snapshot, text, "<div class='plb-status'>" + "".join(parts) + "</div>")

@@ -26,11 +26,13 @@ from jupyter_plb.client.display import (
     hub_rows,
 )
 from jupyter_plb.client.progress_widget import set_traits
+from jupyter_plb.core.snapshot import version_problem
 
 #: Seconds between refreshes of the live future views.
 FUTURE_REFRESH = 0.5
 #: Throughput points (seconds) drawn in the dashboard's sparkline.
 SPARK_POINTS = 60
+HEALTH_COLOURS = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}
 
 
 def _close_tree(widget: widgets.Widget) -> None:
@@ -109,47 +111,41 @@ def sparkline(points: Sequence[float], width: int = 240, height: int = 32) -> st
 
 
 def header_html(snapshot: dict[str, Any]) -> str:
-    """Balancer, health, totals and throughput."""
-    balancer, totals = snapshot.get("balancer", {}), snapshot.get("totals", {})
-    health = snapshot.get("health", {})
-    rate = snapshot.get("rates", {}).get("done_per_s", 0)
-    colour = {"ok": "#2ca02c", "warning": "#b36b00", "error": "#d62728"}.get(health.get("status"), "#555")
+    """Balancer, health, totals and throughput, as the snapshot (core/snapshot.py) words them."""
+    balancer, totals, health = snapshot["balancer"], snapshot["totals"], snapshot["health"]
+    colour = HEALTH_COLOURS.get(health["status"], "#555")
     counts = " · ".join(
-        f"<span class='plb-{esc(k)}'>{esc(k)} <b>{esc(totals.get(k, 0))}</b></span>"
+        f"<span class='plb-{esc(k)}'>{esc(k)} <b>{esc(totals[k])}</b></span>"
         for k in ("queued", "running", "done", "failed", "cancelled")
     )
-    messages = "".join(f"<div style='color:{colour}'>{esc(m)}</div>" for m in health.get("messages", []))
-    done = [p.get("done", 0) for p in snapshot.get("throughput", [])][-SPARK_POINTS:]
+    messages = "".join(f"<div style='color:{colour}'>{esc(m)}</div>" for m in health["messages"])
+    done = [p["done"] for p in snapshot["throughput"]][-SPARK_POINTS:]
     return (
         f"<div class='plb-header'><b>jupyter_plb</b> balancer "
-        f"<code>{esc(balancer.get('id', '?'))}</code>"
-        f" · up {duration(float(balancer.get('uptime', 0)))} · health "
-        f"<b style='color:{colour}'>{esc(health.get('status', '?'))}</b></div>"
+        f"<code>{esc(balancer['id'] or '?')}</code>"
+        f" · up {duration(float(balancer['uptime']))} · health "
+        f"<b style='color:{colour}'>{esc(health['label'])}</b></div>"
         f"<div class='plb-totals'>{counts}</div>"
-        f"<div class='plb-throughput'><span class='plb-rate'>{float(rate):.0f}</span> tasks/s "
+        f"<div class='plb-throughput'><span class='plb-rate'>{snapshot['rates']['done_per_s']:.0f}</span> tasks/s "
         f"{sparkline(done)}</div>{messages}"
     )
 
 
 def failures_html(snapshot: dict[str, Any], limit: int = 10) -> str:
-    failures = snapshot.get("recent_failures", [])[-limit:]
+    """The newest failures first (the snapshot's order)."""
+    failures = snapshot["recent_failures"][:limit]
     if not failures:
         return ""
     rows = [
-        [
-            time.strftime("%H:%M:%S", time.localtime(f.get("time", 0))),
-            f.get("id"),
-            f.get("name"),
-            f.get("user"),
-            f.get("error"),
-        ]
-        for f in reversed(failures)
+        [time.strftime("%H:%M:%S", time.localtime(f["time"])), f.get("id", ""), f["name"], f["user"],
+         f.get("error", "")]
+        for f in failures
     ]
     return "<b>Recent failures</b>" + html_table(("time", "task", "name", "user", "error"), rows)
 
 
 def hubs_html(snapshot: dict[str, Any]) -> str:
-    hubs = snapshot.get("hubs", [])
+    hubs = snapshot["hubs"]
     if not hubs:
         return "<b>Hubs</b> <i>none connected: start one with <code>plb hub --connect FILE</code></i>"
     return "<b>Hubs and workers</b>" + html_table(HUB_HEADERS, hub_rows(hubs))
@@ -176,8 +172,8 @@ class _UserRow(widgets.HBox):
             value=(
                 f"<b>{esc(self.user)}</b> queued "
                 f"<b class='plb-user-queued'>{esc(info['queued'])}</b> · "
-                f"running {esc(info['running'])} · done {esc(info['done'])} · "
-                f"failed {esc(info['failed'])}"
+                f"running {esc(info['running'])} · done {esc(info.get('done', 0))} · "
+                f"failed {esc(info.get('failed', 0))}"
             ),
         )
         set_traits(self.queue, max=max(longest, 1), value=int(info["queued"]))
@@ -322,14 +318,19 @@ class Dashboard(widgets.VBox):
         return f"task <code>{esc(task_id)}</code> not cancelled: {why}"
 
     def show(self, snapshot: dict[str, Any]) -> None:
-        """Render a snapshot (the shape of ``Client.status()``)."""
-        workers = [w for h in snapshot.get("hubs", []) if h.get("state") == "ok" for w in h.get("workers", [])]
-        busy = sum(w.get("state") == "busy" for w in workers)
-        users = snapshot.get("users", [])
+        """Render a snapshot (the shape of ``Client.status()``, core/snapshot.py)."""
+        problem = version_problem(snapshot)
+        if problem is not None:
+            set_traits(self.message, value=f"<span style='color:#d62728'>{esc(problem)}</span>")
+            return
+        workers = snapshot["workers"]
+        users = snapshot["users"]
         longest = max((int(u["queued"]) for u in users), default=0)
         set_traits(self.header, value=header_html(snapshot))
-        set_traits(self.workers, max=max(len(workers), 1), value=busy)
-        set_traits(self.workers_label, value=f"<span class='plb-busy'>{busy}</span> / {len(workers)}")
+        set_traits(self.workers, max=max(workers["total"], 1), value=workers["busy"])
+        set_traits(
+            self.workers_label, value=f"<span class='plb-busy'>{workers['busy']}</span> / {workers['total']}"
+        )
         for info in users:
             row = self._rows.get(info["user"])
             if row is None:

@@ -2,9 +2,11 @@
 
 The balancer calls :meth:`EventStream._on_events` after each batch of state changes. Events are
 coalesced per task (latest fields win) and sent as one ``{"type": "tasks"}`` message at most every
-``BATCH_INTERVAL``; a ``{"type": "snapshot"}`` goes out every ``SNAPSHOT_INTERVAL`` (≤ 2 Hz), and
-one as soon as a listener connects. Each listener has at most one write in flight and a bounded
-backlog: a slow reader loses its oldest messages, never the server's memory. Task events dropped
+``BATCH_INTERVAL``, each event a task row with its wait and run times; a ``{"type": "snapshot"}``
+goes out every ``SNAPSHOT_INTERVAL`` (≤ 2 Hz), and one as soon as a listener connects. Both are
+messages of the monitor's schema (:mod:`jupyter_plb.core.snapshot`), with its version. Each
+listener has at most one write in flight and a bounded backlog: a slow reader loses its oldest
+messages, never the server's memory. Task events dropped
 before a batch is sent are counted in the batch's ``dropped`` field.
 """
 
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from jupyter_plb.core import snapshot as snap
 from jupyter_plb.monitor import dumps
 
 if TYPE_CHECKING:
@@ -114,7 +117,7 @@ class EventStream:
         self._pending.clear()
 
     def _snapshot_message(self) -> str:
-        return dumps({"type": "snapshot", "data": self.balancer.snapshot()})
+        return dumps(snap.snapshot_message(self.balancer.snapshot()))
 
     def _broadcast(self, text: str) -> None:
         for channel in list(self.channels):
@@ -150,7 +153,7 @@ class EventStream:
         if not self._pending or not self.channels:
             return
         events, self._pending = list(self._pending.values()), {}
-        message: dict[str, Any] = {"type": "tasks", "events": events}
-        if self.dropped_events:
-            message["dropped"], self.dropped_events = self.dropped_events, 0
-        self._broadcast(dumps(message))
+        now = self.balancer.now()
+        dropped, self.dropped_events = self.dropped_events, 0
+        rows = [snap.task_row(e, now) if "submitted" in e else e for e in events]  # partial: as given
+        self._broadcast(dumps(snap.tasks_message(rows, dropped)))  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from jupyter_plb.core.snapshot import version_problem
+
 #: Label values per user / task name exported at most (users and names come from clients).
 MAX_LABEL_VALUES = 200
 HEALTH_STATES = ("ok", "warning", "error", "unknown")
@@ -25,6 +27,13 @@ class SnapshotCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot()
+        found = s.get("schema")
+        yield GaugeMetricFamily(
+            "plb_snapshot_schema", "The schema version of the balancer's snapshot.",
+            value=found if isinstance(found, int) else 0,
+        )
+        if version_problem(s) is not None:
+            return  # another jupyter_plb release (an attached team balancer): nothing else is read
         totals = s["totals"]
         balancer = s["balancer"]
 
@@ -60,11 +69,9 @@ class SnapshotCollector:
         hubs = GaugeMetricFamily("plb_hubs", "Connected hubs, by state.", labels=["state"])
         workers = GaugeMetricFamily("plb_workers", "Worker slots, by state.", labels=["state"])
         hub_states: dict[str, int] = {}
-        worker_states = {"idle": 0, "busy": 0}
         for hub in s["hubs"]:
             hub_states[hub["state"]] = hub_states.get(hub["state"], 0) + 1
-            for worker in hub["workers"]:
-                worker_states[worker["state"]] = worker_states.get(worker["state"], 0) + 1
+        worker_states = {"idle": s["workers"]["idle"], "busy": s["workers"]["busy"]}
         for state, count in sorted(hub_states.items()):
             hubs.add_metric([state], count)
         for state, count in sorted(worker_states.items()):

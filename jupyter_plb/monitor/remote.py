@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from jupyter_plb.core import parameters, protocol
+from jupyter_plb.core import snapshot as snap
 from jupyter_plb.core.protocol import Message, Session
 from jupyter_plb.errors import BalancerUnreachable, PlbError, ProtocolError, TaskRejected
 from jupyter_plb.transport import connection, security, sockets
@@ -40,26 +41,12 @@ REQUEST_TIMEOUT = 3.0
 MAX_CANCEL = 100_000
 
 
-def empty_snapshot(now: float) -> dict[str, Any]:
+def empty_snapshot(now: float) -> snap.Snapshot:
     """A snapshot of nothing, in the balancer's shape, for before the first answer."""
-    return {
-        "time": now,
-        "balancer": {"id": None, "version": None, "started": 0.0, "uptime": 0.0, "address": None,
-                     "ports": {}, "host": None, "pid": None},
-        "health": {"status": "unknown", "messages": [], "checked": None},
-        "totals": dict.fromkeys(
-            ("queued", "running", "done", "failed", "cancelled", "submitted", "bad_messages"), 0
-        ),
-        "rejected": {},
-        "rates": {"done_per_s": 0.0, "submitted_per_s": 0.0},
-        "throughput": [], "users": [], "hubs": [], "queues": [], "stats": [],
-        "unschedulable": [], "recent_failures": [], "timeline": [],
-    }
+    return snap.empty(now)
 
 
-def unreachable_message(since: float, error: str) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(since))
-    return f"team balancer unreachable since {when}: {error}"
+unreachable_message = snap.unreachable_message
 
 
 class RemoteBalancer:
@@ -85,7 +72,7 @@ class RemoteBalancer:
         self.reachable = False
         self.unreachable_since: float | None = None
         self.error: str | None = None
-        self._last: dict[str, Any] | None = None
+        self._last: snap.Snapshot | None = None
         self._context: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
         self._session: Session | None = None
@@ -203,22 +190,17 @@ class RemoteBalancer:
 
     # -- the Balancer interface the monitor uses -------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The last snapshot the team balancer sent, with ``team`` saying whether it still answers."""
-        data = dict(self._last) if self._last is not None else empty_snapshot(self.now())
-        data["team"] = {
-            "attached": str(self.connection_path),
-            "reachable": self.reachable,
-            "unreachable_since": self.unreachable_since,
-            "error": self.error,
-        }
-        if not self.reachable and self.error is not None:
-            message = unreachable_message(self.unreachable_since or self.now(), self.error)
-            data["health"] = {"status": "error", "messages": [message], "checked": self.now()}
-        return data
+        """The last snapshot the team balancer sent, with ``team`` saying whether it still answers
+        (a :class:`jupyter_plb.core.snapshot.Snapshot`, as the balancer's own)."""
+        data = self._last if self._last is not None else snap.empty(self.now())
+        return cast(dict[str, Any], snap.attached(
+            data, path=str(self.connection_path), reachable=self.reachable,
+            unreachable_since=self.unreachable_since, error=self.error, now=self.now(),
+        ))
 
-    async def list_tasks(self, **filters: Any) -> dict[str, Any]:
+    async def list_tasks(self, **filters: Any) -> snap.TaskList:
         msg = await self.request({"type": "tasks", **{k: v for k, v in filters.items() if v is not None}})
-        return {"total": msg.header.get("total", 0), "tasks": msg.header.get("tasks", [])}
+        return snap.task_list(msg.header.get("total", 0), msg.header.get("tasks", []))
 
     async def task_info(self, task_id: str) -> dict[str, Any] | None:
         msg = await self.request({"type": "info", "ids": [task_id]})

@@ -5,13 +5,10 @@
  *
  * `jobRows` is pure (tested without a DOM); `JobsSection` draws it, with text
  * only (no HTML from the server). The section hides itself while no launcher
- * reports.
+ * reports. The counts are the balancer's (`launchers[].counts`).
  */
 import { el } from './dom';
-
-export type JobState = 'pending' | 'running' | 'ending';
-
-const STATES: JobState[] = ['pending', 'running', 'ending'];
+import { JobState, Snapshot } from './schema';
 
 export interface IJobRow {
   key: string;
@@ -30,54 +27,18 @@ export interface ILauncherRow {
   jobs: IJobRow[];
 }
 
-function record(x: unknown): Record<string, unknown> {
-  return x && typeof x === 'object' && !Array.isArray(x)
-    ? (x as Record<string, unknown>)
-    : {};
-}
+const STATES: JobState[] = ['pending', 'running', 'ending'];
 
-function list(x: unknown): unknown[] {
-  return Array.isArray(x) ? x : [];
-}
-
-function count(x: unknown): number {
-  const n = Number(x);
-  return Number.isFinite(n) && n > 0 ? Math.floor(n) : 0;
-}
-
-function text(x: unknown): string {
-  return x === null || x === undefined ? '' : String(x);
-}
-
-/** The launchers of a snapshot, ready to draw (bad fields become blanks or 0). */
-export function jobRows(snapshot: unknown): ILauncherRow[] {
-  return list(record(snapshot).launchers).map(raw => {
-    const l = record(raw);
-    const jobs = list(l.jobs).map(rawJob => {
-      const j = record(rawJob);
-      const state = STATES.includes(j.state as JobState)
-        ? (j.state as JobState)
-        : 'ending';
-      return {
-        key: text(j.id),
-        id: text(j.id),
-        state,
-        hubs: count(j.hubs),
-        busy: count(j.busy),
-        slots: count(j.slots)
-      };
-    });
-    const counts = STATES.map(
-      s => `${jobs.filter(j => j.state === s).length} ${s}`
-    );
-    return {
-      key: text(l.id),
-      title: `${text(l.name)} (${text(l.kind)})`,
-      summary: `${counts.join(', ')} · ${count(l.minimum)}–${count(l.maximum)} jobs`,
-      reason: text(l.reason),
-      jobs
-    };
-  });
+/** The launchers of a snapshot, ready to draw (the balancer counted the jobs by state). */
+export function jobRows(snapshot: Snapshot): ILauncherRow[] {
+  return snapshot.launchers.map(l => ({
+    key: l.id,
+    title: `${l.name} (${l.kind})`,
+    summary: `${STATES.map(s => `${l.counts[s]} ${s}`).join(', ')} · ${l.minimum}–${l.maximum} jobs`,
+    reason: l.reason,
+    // the state names a CSS modifier: only from the fixed set
+    jobs: l.jobs.map(j => ({ key: j.id, ...j, state: STATES.includes(j.state) ? j.state : 'ending' }))
+  }));
 }
 
 
@@ -90,7 +51,7 @@ export class JobsSection {
     parent.hidden = true;
   }
 
-  update(snapshot: unknown): void {
+  update(snapshot: Snapshot): void {
     const launchers = jobRows(snapshot);
     const drawn = JSON.stringify(launchers);
     if (drawn === this._drawn) {

@@ -1,133 +1,22 @@
 /**
  * Pure view-model code for the jupyter_plb sidebar.
  *
- * Nothing in this module touches the DOM or imports JupyterLab: it turns the
- * (untrusted) JSON snapshot served by `plb/api/status` and pushed on
- * `plb/api/events` into plain rows the panel renders with `textContent`.
- * Every string coming from the server stays a string here; nothing is ever
- * interpreted as markup.
+ * Nothing in this module touches the DOM or imports JupyterLab: it turns a snapshot of the
+ * monitor's schema (schema.ts, computed by the balancer: counts, ages, rates, priority ranges,
+ * health label and the rest) into the rows and texts the panel renders with `textContent`.
+ * It derives nothing the balancer already says; it formats numbers and picks CSS modifiers from
+ * fixed sets. Every string coming from the server stays a string here.
  */
+import { Failure, Health, Hub, Snapshot, ThroughputPoint, Worker } from './schema';
 
 /* ------------------------------------------------------------------ */
-/* Snapshot types (docs/monitor-api.md), after normalisation           */
-/* ------------------------------------------------------------------ */
-
-export type HealthStatus = 'ok' | 'warning' | 'error' | 'unknown';
-
-export interface ITaskRef {
-  id: string;
-  name: string;
-  user: string;
-  started: number | null;
-}
-
-export interface IWorker {
-  id: string;
-  state: string;
-  min_p: number | null;
-  max_p: number | null;
-  pid: number | null;
-  done: number;
-  /** CPU percent since the hub's last heartbeat (100 = one core), null until measured. */
-  cpu: number | null;
-  /** Resident memory in bytes, null until measured. */
-  rss: number | null;
-  task: ITaskRef | null;
-}
-
-export interface IHub {
-  id: string;
-  name: string;
-  host: string;
-  pid: number | null;
-  state: string;
-  last_seen: number | null;
-  local: boolean;
-  tasks: string[];
-  python: string;
-  cloudpickle: string;
-  /** What differs between its Python/cloudpickle versions and the balancer's, or ''. */
-  version_skew: string;
-  workers: IWorker[];
-}
-
-export interface IUser {
-  user: string;
-  queued: number;
-  running: number;
-  done: number;
-  failed: number;
-  cancelled: number;
-}
-
-export interface IThroughputPoint {
-  t: number;
-  done: number;
-  failed: number;
-  submitted: number;
-  queued: number;
-}
-
-export interface IFailure {
-  id: string;
-  name: string;
-  user: string;
-  error: string;
-  time: number | null;
-}
-
-export interface IUnschedulable {
-  id: string;
-  name: string;
-  user: string;
-  priority: number | null;
-  reason: string;
-}
-
-export interface ITotals {
-  queued: number;
-  running: number;
-  done: number;
-  failed: number;
-  cancelled: number;
-  submitted: number;
-  bad_messages: number;
-}
-
-export interface ISnapshot {
-  time: number | null;
-  balancer: {
-    id: string;
-    version: string;
-    uptime: number | null;
-    address: string;
-  };
-  health: { status: HealthStatus; messages: string[]; checked: number | null };
-  totals: ITotals;
-  rates: { done_per_s: number; submitted_per_s: number };
-  throughput: IThroughputPoint[];
-  users: IUser[];
-  hubs: IHub[];
-  unschedulable: IUnschedulable[];
-  recent_failures: IFailure[];
-}
-
-/* ------------------------------------------------------------------ */
-/* Defensive coercion helpers                                           */
+/* Coercion of loose values (the task detail, error bodies)             */
 /* ------------------------------------------------------------------ */
 
 type Dict = { [key: string]: unknown };
 
 function isDict(value: unknown): value is Dict {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function asDict(value: unknown): Dict {
-  return isDict(value) ? value : {};
-}
-
-function asList(value: unknown): unknown[] {
-  return Array.isArray(value) ? value : [];
 }
 
 /** Any scalar becomes a string; objects/arrays/null/undefined become ''. */
@@ -151,133 +40,6 @@ export function asNumberOrNull(value: unknown): number | null {
     return Number.isFinite(n) ? n : null;
   }
   return null;
-}
-
-function asCount(value: unknown): number {
-  const n = asNumberOrNull(value);
-  return n === null || n < 0 ? 0 : n;
-}
-
-function normaliseHealthStatus(value: unknown): HealthStatus {
-  const s = asText(value).toLowerCase();
-  return s === 'ok' || s === 'warning' || s === 'error' ? s : 'unknown';
-}
-
-/**
- * Turn whatever the server sent into a fully populated snapshot.
- *
- * Missing fields get neutral defaults, wrong types are coerced or dropped;
- * this never throws on any JSON value.
- */
-export function normaliseSnapshot(raw: unknown): ISnapshot {
-  const d = asDict(raw);
-  const balancer = asDict(d.balancer);
-  const health = asDict(d.health);
-  const totals = asDict(d.totals);
-  const rates = asDict(d.rates);
-
-  return {
-    time: asNumberOrNull(d.time),
-    balancer: {
-      id: asText(balancer.id),
-      version: asText(balancer.version),
-      uptime: asNumberOrNull(balancer.uptime),
-      address: asText(balancer.address)
-    },
-    health: {
-      status: normaliseHealthStatus(health.status),
-      messages: asList(health.messages).map(asText).filter(m => m !== ''),
-      checked: asNumberOrNull(health.checked)
-    },
-    totals: {
-      queued: asCount(totals.queued),
-      running: asCount(totals.running),
-      done: asCount(totals.done),
-      failed: asCount(totals.failed),
-      cancelled: asCount(totals.cancelled),
-      submitted: asCount(totals.submitted),
-      bad_messages: asCount(totals.bad_messages)
-    },
-    rates: {
-      done_per_s: asCount(rates.done_per_s),
-      submitted_per_s: asCount(rates.submitted_per_s)
-    },
-    throughput: asList(d.throughput)
-      .filter(isDict)
-      .map(p => ({
-        t: asNumberOrNull(p.t) ?? 0,
-        done: asCount(p.done),
-        failed: asCount(p.failed),
-        submitted: asCount(p.submitted),
-        queued: asCount(p.queued)
-      })),
-    users: asList(d.users)
-      .filter(isDict)
-      .map(u => ({
-        user: asText(u.user),
-        queued: asCount(u.queued),
-        running: asCount(u.running),
-        done: asCount(u.done),
-        failed: asCount(u.failed),
-        cancelled: asCount(u.cancelled)
-      })),
-    hubs: asList(d.hubs)
-      .filter(isDict)
-      .map(h => ({
-        id: asText(h.id),
-        name: asText(h.name),
-        host: asText(h.host),
-        pid: asNumberOrNull(h.pid),
-        state: asText(h.state) || 'unknown',
-        last_seen: asNumberOrNull(h.last_seen),
-        local: h.local === true,
-        tasks: asList(h.tasks).map(asText),
-        python: asText(h.python),
-        cloudpickle: asText(h.cloudpickle),
-        version_skew: asText(h.version_skew),
-        workers: asList(h.workers)
-          .filter(isDict)
-          .map(w => {
-            const task = isDict(w.task) ? w.task : null;
-            return {
-              id: asText(w.id),
-              state: asText(w.state) || 'unknown',
-              min_p: asNumberOrNull(w.min_p),
-              max_p: asNumberOrNull(w.max_p),
-              pid: asNumberOrNull(w.pid),
-              done: asCount(w.done),
-              cpu: asNumberOrNull(w.cpu),
-              rss: asNumberOrNull(w.rss),
-              task: task
-                ? {
-                    id: asText(task.id),
-                    name: asText(task.name),
-                    user: asText(task.user),
-                    started: asNumberOrNull(task.started)
-                  }
-                : null
-            };
-          })
-      })),
-    unschedulable: asList(d.unschedulable)
-      .filter(isDict)
-      .map(u => ({
-        id: asText(u.id),
-        name: asText(u.name),
-        user: asText(u.user),
-        priority: asNumberOrNull(u.priority),
-        reason: asText(u.reason)
-      })),
-    recent_failures: asList(d.recent_failures)
-      .filter(isDict)
-      .map(f => ({
-        id: asText(f.id),
-        name: asText(f.name),
-        user: asText(f.user),
-        error: asText(f.error),
-        time: asNumberOrNull(f.time)
-      }))
-  };
 }
 
 /* ------------------------------------------------------------------ */
@@ -384,37 +146,8 @@ export function formatDuration(seconds: number | null | undefined): string {
   return `${Math.floor(total / 86400)}d ${pad(Math.floor((total % 86400) / 3600))}h`;
 }
 
-/**
- * Bounds at or beyond these mean "no limit": hubs started with `--workers N`
- * accept any priority and report -1e9..1e9 (`ANY_PRIORITY` in hub.py).
- */
-export const ANY_PRIORITY_MIN = -1e9;
-export const ANY_PRIORITY_MAX = 1e9;
-
-/** "0–9"; open ends shown as "?"; a single value "5"; -1e9..1e9 (or wider) "any". */
-export function formatPriorityRange(
-  minP: number | null,
-  maxP: number | null
-): string {
-  if (minP === null && maxP === null) {
-    return '–';
-  }
-  if (
-    minP !== null &&
-    maxP !== null &&
-    minP <= ANY_PRIORITY_MIN &&
-    maxP >= ANY_PRIORITY_MAX
-  ) {
-    return 'any';
-  }
-  if (minP !== null && maxP !== null && minP === maxP) {
-    return String(minP);
-  }
-  return `${minP === null ? '?' : minP}–${maxP === null ? '?' : maxP}`;
-}
-
 /* ------------------------------------------------------------------ */
-/* Health badge                                                         */
+/* Badges                                                               */
 /* ------------------------------------------------------------------ */
 
 export type BadgeLevel = 'ok' | 'warning' | 'error' | 'unknown';
@@ -436,46 +169,32 @@ const BADGE_CLASS: Record<BadgeLevel, string> = {
   unknown: 'jp-plb-mod-unknown'
 };
 
-function badge(level: BadgeLevel, label: string, title = ''): IBadge {
-  return { level, label, className: BADGE_CLASS[level], title };
+function level(value: string): BadgeLevel {
+  return value === 'ok' || value === 'warning' || value === 'error' ? value : 'unknown';
 }
 
-/** Balancer health (status + messages) → badge. */
-export function healthBadge(
-  health: { status?: unknown; messages?: unknown } | null | undefined
-): IBadge {
-  if (!health) {
-    return badge('unknown', 'no data');
-  }
-  const status = normaliseHealthStatus(health.status);
-  const messages = asList(health.messages).map(asText).filter(m => m !== '');
-  const title = messages.join('\n');
-  switch (status) {
-    case 'ok':
-      return badge('ok', 'healthy', title);
-    case 'warning':
-      return badge('warning', 'warning', title);
-    case 'error':
-      return badge('error', 'error', title);
-    default:
-      return badge('unknown', 'unknown', title);
-  }
+/** Balancer health → badge: the balancer's label, its messages as the tooltip. */
+export function healthBadge(health: Health): IBadge {
+  const lvl = level(health.status);
+  return {
+    level: lvl,
+    label: health.label,
+    className: BADGE_CLASS[lvl],
+    title: health.messages.join('\n')
+  };
 }
 
-/** Hub state → badge ("ok", "lost", "unhealthy", "draining"). */
+const HUB_LEVEL: Record<string, BadgeLevel> = {
+  ok: 'ok',
+  draining: 'warning',
+  lost: 'error',
+  unhealthy: 'error'
+};
+
+/** Hub state ("ok", "lost", "unhealthy", "draining") → badge. */
 export function hubStateBadge(state: string): IBadge {
-  switch (state) {
-    case 'ok':
-      return badge('ok', 'ok');
-    case 'draining':
-      return badge('warning', 'draining');
-    case 'lost':
-      return badge('error', 'lost');
-    case 'unhealthy':
-      return badge('error', 'unhealthy');
-    default:
-      return badge('unknown', state || 'unknown');
-  }
+  const lvl = HUB_LEVEL[state] ?? 'unknown';
+  return { level: lvl, label: state || 'unknown', className: BADGE_CLASS[lvl], title: '' };
 }
 
 /* ------------------------------------------------------------------ */
@@ -504,7 +223,6 @@ export interface IWorkerRow {
 
 export interface IHubRow {
   key: string;
-  /** Display name: the hub's name, else its id. */
   name: string;
   id: string;
   host: string;
@@ -516,7 +234,7 @@ export interface IHubRow {
   total: number;
   /** "3/4 busy" */
   summary: string;
-  /** e.g. "0.1s ago" or '' when unknown. */
+  /** e.g. "0.1s ago". */
   lastSeen: string;
   /** "Python 3.11.7 · cloudpickle 3.1.3", or '' when the hub did not say. */
   versions: string;
@@ -541,7 +259,7 @@ export interface IUserRow {
 }
 
 export interface ITotalCell {
-  key: keyof ITotals | 'done_per_s' | 'submitted_per_s';
+  key: string;
   label: string;
   value: string;
 }
@@ -552,96 +270,42 @@ function workerStateClass(state: string): IWorkerRow['stateClass'] {
     : 'other';
 }
 
-function compareText(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+/** A worker as the panel shows it (the balancer orders them by priority range). */
+export function workerRow(w: Worker): IWorkerRow {
+  return {
+    key: w.id,
+    id: w.id,
+    state: w.state,
+    stateClass: workerStateClass(w.state),
+    range: w.priorities,
+    done: formatCount(w.done),
+    taskName: w.task ? w.task.name || w.task.id || '' : '',
+    taskUser: w.task ? w.task.user : '',
+    taskAge: w.running_for === null ? '' : formatDuration(w.running_for),
+    cpu: formatPercent(w.cpu),
+    memory: formatBytes(w.rss)
+  };
 }
 
-/** Workers: by priority range (min_p, then max_p), then id. */
-export function workerRows(
-  hub: IHub,
-  now: number | null = null
-): IWorkerRow[] {
-  const sorted = [...hub.workers].sort((a, b) => {
-    const am = a.min_p ?? Number.POSITIVE_INFINITY;
-    const bm = b.min_p ?? Number.POSITIVE_INFINITY;
-    if (am !== bm) {
-      return am - bm;
-    }
-    const ax = a.max_p ?? Number.POSITIVE_INFINITY;
-    const bx = b.max_p ?? Number.POSITIVE_INFINITY;
-    if (ax !== bx) {
-      return ax - bx;
-    }
-    return compareText(a.id, b.id);
-  });
-  return sorted.map((w, index) => {
-    const stateClass = workerStateClass(w.state);
-    const task = stateClass === 'busy' || w.task ? w.task : null;
-    const age =
-      task && task.started !== null && now !== null
-        ? formatDuration(now - task.started)
-        : '';
-    return {
-      key: w.id || `#${index}`,
-      id: w.id || '(no id)',
-      state: w.state,
-      stateClass,
-      range: formatPriorityRange(w.min_p, w.max_p),
-      done: formatCount(w.done),
-      taskName: task ? task.name || task.id : '',
-      taskUser: task ? task.user : '',
-      taskAge: age,
-      cpu: formatPercent(w.cpu),
-      memory: formatBytes(w.rss)
-    };
-  });
-}
-
-/** Hubs: local first, then healthy before unhealthy, then by name. */
-export function hubRows(snapshot: ISnapshot): IHubRow[] {
-  const now = snapshot.time;
-  const stateRank = (s: string) =>
-    s === 'ok' ? 0 : s === 'draining' ? 1 : s === 'unhealthy' ? 2 : 3;
-  const hubs = [...snapshot.hubs].sort((a, b) => {
-    if (a.local !== b.local) {
-      return a.local ? -1 : 1;
-    }
-    const r = stateRank(a.state) - stateRank(b.state);
-    if (r !== 0) {
-      return r;
-    }
-    return compareText(a.name || a.id, b.name || b.id) || compareText(a.id, b.id);
-  });
-  return hubs.map((h, index) => {
-    const workers = workerRows(h, now);
-    const busy = workers.filter(w => w.stateClass === 'busy').length;
-    const idle = workers.filter(w => w.stateClass === 'idle').length;
-    return {
-      key: h.id || `#${index}`,
-      name: h.name || h.id || '(unnamed hub)',
-      id: h.id,
-      host: h.host,
-      pid: h.pid === null ? '' : String(h.pid),
-      local: h.local,
-      badge: hubStateBadge(h.state),
-      busy,
-      idle,
-      total: workers.length,
-      summary: `${busy}/${workers.length} busy`,
-      lastSeen:
-        h.last_seen !== null && now !== null
-          ? `${formatDuration(now - h.last_seen)} ago`
-          : '',
-      versions: [
-        h.python ? `Python ${h.python}` : '',
-        h.cloudpickle ? `cloudpickle ${h.cloudpickle}` : ''
-      ]
-        .filter(v => v)
-        .join(' · '),
-      versionSkew: h.version_skew,
-      workers
-    };
-  });
+/** A hub as the panel shows it (the balancer orders them: local first, then by state, name). */
+export function hubRow(h: Hub): IHubRow {
+  return {
+    key: h.id,
+    name: h.name || h.id,
+    id: h.id,
+    host: h.host,
+    pid: String(h.pid),
+    local: h.local,
+    badge: hubStateBadge(h.state),
+    busy: h.busy,
+    idle: h.idle,
+    total: h.workers.length,
+    summary: `${h.busy}/${h.workers.length} busy`,
+    lastSeen: `${formatDuration(h.seen_ago)} ago`,
+    versions: h.versions,
+    versionSkew: h.version_skew ?? '',
+    workers: h.workers.map(workerRow)
+  };
 }
 
 /**
@@ -652,32 +316,24 @@ export function isAddressableUser(user: string): boolean {
   return user !== '' && user !== '.' && user !== '..';
 }
 
-/** Users: most queued+running first, then by name; users with nothing pending last. */
-export function userRows(snapshot: ISnapshot): IUserRow[] {
-  const users = [...snapshot.users].sort((a, b) => {
-    const pa = a.queued + a.running;
-    const pb = b.queued + b.running;
-    if (pa !== pb) {
-      return pb - pa;
-    }
-    return compareText(a.user, b.user);
-  });
-  return users.map((u, index) => ({
+/** Users, in the balancer's order (by name). */
+export function userRows(snapshot: Snapshot): IUserRow[] {
+  return snapshot.users.map((u, index) => ({
     key: u.user || `#${index}`,
     user: u.user || '(anonymous)',
     queued: u.queued,
     running: u.running,
-    done: u.done,
-    failed: u.failed,
+    done: u.done ?? 0,
+    failed: u.failed ?? 0,
     queuedText: formatCount(u.queued),
     runningText: formatCount(u.running),
-    doneText: formatCount(u.done),
-    failedText: formatCount(u.failed),
+    doneText: formatCount(u.done ?? 0),
+    failedText: formatCount(u.failed ?? 0),
     canCancel: u.queued > 0 && isAddressableUser(u.user)
   }));
 }
 
-export function totalCells(snapshot: ISnapshot): ITotalCell[] {
+export function totalCells(snapshot: Snapshot): ITotalCell[] {
   const t = snapshot.totals;
   return [
     { key: 'queued', label: 'queued', value: formatCount(t.queued) },
@@ -726,13 +382,13 @@ function round2(n: number): number {
  * (`pad` pixels kept free top and bottom). Only numbers go into the path.
  */
 export function sparklinePath(
-  points: ReadonlyArray<Partial<IThroughputPoint>> | null | undefined,
+  points: ReadonlyArray<Partial<ThroughputPoint>> | null | undefined,
   width: number,
   height: number,
   key: 'done' | 'failed' | 'submitted' | 'queued' = 'done',
   pad = 1
 ): ISparkline {
-  const values = (points ?? []).map(p => asCount(p ? p[key] : 0));
+  const values = (points ?? []).map(p => Math.max(0, asNumberOrNull(p ? p[key] : 0) ?? 0));
   const empty: ISparkline = { line: '', area: '', max: 0, last: 0, count: 0 };
   if (values.length === 0 || !(width > 0) || !(height > 0)) {
     return empty;
@@ -831,7 +487,7 @@ export function errorState(
 
 export interface IFailureRow {
   key: string;
-  /** The task id ('' when the server sent none): its detail is `plb/api/tasks/<id>`. */
+  /** The task id ('' for another user's task in a team pool): its detail is `plb/api/tasks/<id>`. */
   id: string;
   name: string;
   user: string;
@@ -855,10 +511,18 @@ export interface IViewModel {
 export const SPARK_WIDTH = 240;
 export const SPARK_HEIGHT = 36;
 
-/** Snapshot (raw JSON or normalised) → everything the panel renders. */
-export function viewModel(raw: unknown, maxFailures = 5): IViewModel {
-  const s = normaliseSnapshot(raw);
-  const hubs = hubRows(s);
+function failureRow(f: Failure, index: number): IFailureRow {
+  return {
+    key: f.id || `#${index}`,
+    id: f.id ?? '',
+    name: f.name || f.id || '',
+    user: f.user,
+    error: f.error ?? ''
+  };
+}
+
+/** A snapshot (checked with `checkSnapshot`) → everything the panel renders. */
+export function viewModel(s: Snapshot, maxFailures = 5): IViewModel {
   const spark = sparklinePath(s.throughput, SPARK_WIDTH, SPARK_HEIGHT, 'done');
   const parts: string[] = [];
   if (s.balancer.id) {
@@ -867,27 +531,16 @@ export function viewModel(raw: unknown, maxFailures = 5): IViewModel {
   if (s.balancer.version) {
     parts.push(`v${s.balancer.version}`);
   }
-  if (s.balancer.uptime !== null) {
+  if (s.balancer.started) {
     parts.push(`up ${formatDuration(s.balancer.uptime)}`);
   }
   const local = s.hubs.find(h => h.local);
-  const failures = s.recent_failures
-    .slice()
-    .sort((a, b) => (b.time ?? 0) - (a.time ?? 0))
-    .slice(0, maxFailures)
-    .map((f, i) => ({
-      key: f.id || `#${i}`,
-      id: f.id,
-      name: f.name || f.id,
-      user: f.user,
-      error: f.error
-    }));
   return {
     badge: healthBadge(s.health),
     healthMessages: s.health.messages,
     balancerLine: parts.join(' · '),
     totals: totalCells(s),
-    hubs,
+    hubs: s.hubs.map(hubRow),
     users: userRows(s),
     sparkline: spark,
     sparklineCaption:
@@ -898,10 +551,10 @@ export function viewModel(raw: unknown, maxFailures = 5): IViewModel {
       present: local !== undefined,
       running: local !== undefined && local.state !== 'lost'
     },
-    failures,
+    failures: s.recent_failures.slice(0, maxFailures).map(failureRow),
     unschedulable: {
       count: s.unschedulable.length,
-      first: s.unschedulable.length > 0 ? s.unschedulable[0].reason : ''
+      first: s.unschedulable.length > 0 ? s.unschedulable[0].reason ?? '' : ''
     }
   };
 }
@@ -933,7 +586,7 @@ export function parseEventMessage(text: unknown): EventMessage {
     return { type: 'snapshot', data: value.data };
   }
   if (value.type === 'tasks') {
-    return { type: 'tasks', events: asList(value.events) };
+    return { type: 'tasks', events: Array.isArray(value.events) ? value.events : [] };
   }
   return { type: 'unknown' };
 }

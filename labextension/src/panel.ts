@@ -37,6 +37,7 @@ import {
   viewModel
 } from './model';
 import { el } from './dom';
+import { checkSnapshot } from './schema';
 
 /** Command ids, shared with index.ts. */
 export namespace CommandIDs {
@@ -352,17 +353,23 @@ export class PlbPanel extends Widget {
     if (this.isDisposed) {
       return;
     }
+    const check = checkSnapshot(data);
+    if (!check.ok) {
+      // Another jupyter_plb release on the server: say so rather than draw a wrong picture.
+      this._showError({ kind: 'bad-data', title: 'Snapshot schema mismatch', detail: check.problem });
+      return;
+    }
     let vm: IViewModel;
     try {
-      vm = viewModel(data);
+      vm = viewModel(check.snapshot);
+      this._render(vm);
+      this._team.update(check.snapshot);
+      this._jobs.update(check.snapshot);
     } catch (error) {
       console.warn('jupyter-plb: cannot render snapshot', error);
       return;
     }
     this._hasData = true;
-    this._render(vm);
-    this._team.update(data);
-    this._jobs.update(data);
     setHidden(this._errorBox, true);
     setHidden(this._body, false);
     setHidden(this._emptyBox, true);

@@ -3,6 +3,7 @@
  * worker slots over the last minutes, who you are in a team pool, and a banner while the team
  * balancer does not answer. Built once with createElement; text only through textContent.
  */
+import { Snapshot } from './schema';
 import { teamView } from './teamModel';
 import { el } from './dom';
 
@@ -20,9 +21,9 @@ export class TeamSection {
     section.append(title, this._identity, this._unreachable, this._rows, this._empty);
   }
 
-  /** Show a snapshot (the raw `plb/api/status` answer). */
-  update(raw: unknown): void {
-    const view = teamView(raw);
+  /** Show a snapshot (checked with `checkSnapshot`). */
+  update(snapshot: Snapshot): void {
+    const view = teamView(snapshot);
     this._window.textContent = `of the slots, ${view.windowLabel}`;
     this._identity.textContent = view.identity;
     this._identity.hidden = view.identity === '';

@@ -1,5 +1,6 @@
 /**
- * Unit tests for the pure view-model module (no DOM, no JupyterLab).
+ * Unit tests for the pure view-model module (no DOM, no JupyterLab): it draws the balancer's
+ * snapshot (schema.ts) without deriving anything the balancer already computed.
  */
 import {
   asNumberOrNull,
@@ -7,13 +8,11 @@ import {
   errorState,
   formatCount,
   formatDuration,
-  formatPriorityRange,
   formatRate,
   healthBadge,
-  hubRows,
+  hubRow,
   hubStateBadge,
   isAddressableUser,
-  normaliseSnapshot,
   parseEventMessage,
   sparklinePath,
   SPARK_HEIGHT,
@@ -22,166 +21,44 @@ import {
   userCancelPath,
   userRows,
   viewModel,
-  withToken,
-  workerRows
+  withToken
 } from '../src/model';
-
-/** The sample snapshot of docs/monitor-api.md. */
-function sample(): any {
-  return {
-    time: 1764424800.25,
-    balancer: {
-      id: 'lb_3f2a9c1e',
-      version: '0.1.0',
-      started: 1764424700.0,
-      uptime: 100.25,
-      address: 'tcp://127.0.0.1',
-      ports: { clients: 5799, workers: 5699, health: 5999 }
-    },
-    health: { status: 'ok', messages: [], checked: 1764424800.0 },
-    totals: {
-      queued: 12,
-      running: 4,
-      done: 1500,
-      failed: 2,
-      cancelled: 1,
-      submitted: 1519,
-      bad_messages: 0
-    },
-    rates: { done_per_s: 812.5, submitted_per_s: 900.0 },
-    throughput: [
-      { t: 1764424799.0, done: 800, failed: 0, submitted: 850, queued: 10 }
-    ],
-    users: [
-      { user: 'alice', queued: 10, running: 2, done: 700, failed: 1, cancelled: 0 }
-    ],
-    hubs: [
-      {
-        id: 'hub_9c1e3f2a',
-        name: 'local',
-        host: 'myhost',
-        pid: 4242,
-        state: 'ok',
-        last_seen: 1764424800.1,
-        tasks: ['HELLO'],
-        local: true,
-        workers: [
-          {
-            id: 'worker_c0b28c1f',
-            state: 'busy',
-            min_p: 0,
-            max_p: 9,
-            process_p: 10,
-            pid: 4250,
-            done: 740,
-            task: {
-              id: 't_1',
-              name: 'HELLO',
-              user: 'alice',
-              started: 1764424800.0
-            }
-          }
-        ]
-      }
-    ],
-    queues: [{ name: 'HELLO', queued: 10, max_wait: 1.5 }],
-    stats: [],
-    unschedulable: [
-      {
-        id: 't_2',
-        name: 'HELLO',
-        user: 'bob',
-        priority: 5000,
-        reason: 'no connected worker accepts priority 5000 (ranges 0–9, 10–99)'
-      }
-    ],
-    recent_failures: [
-      {
-        id: 't_3',
-        name: 'f',
-        user: 'alice',
-        error: 'ZeroDivisionError: division by zero',
-        time: 1764424790.0
-      }
-    ],
-    timeline: []
-  };
-}
+import { checkSnapshot, SCHEMA_VERSION, Snapshot } from '../src/schema';
+import { sample } from './sample';
 
 const XSS = '<img src=x onerror=alert(1)>';
 const XSS2 = '"><script>alert("x")</script>';
 
-describe('normaliseSnapshot', () => {
-  it('keeps the documented sample intact', () => {
-    const s = normaliseSnapshot(sample());
-    expect(s.time).toBe(1764424800.25);
-    expect(s.balancer.id).toBe('lb_3f2a9c1e');
-    expect(s.health.status).toBe('ok');
-    expect(s.totals.done).toBe(1500);
-    expect(s.rates.done_per_s).toBe(812.5);
-    expect(s.hubs).toHaveLength(1);
-    expect(s.hubs[0].workers[0].task?.name).toBe('HELLO');
-    expect(s.hubs[0].local).toBe(true);
-    expect(s.users[0].user).toBe('alice');
+describe('checkSnapshot', () => {
+  it('accepts a snapshot of this schema', () => {
+    const check = checkSnapshot(sample());
+    expect(check.ok).toBe(true);
+    expect(SCHEMA_VERSION).toBe(1);
   });
 
-  it.each([undefined, null, 42, 'text', [], true])(
-    'never throws on a non-object (%p) and gives neutral defaults',
-    raw => {
-      const s = normaliseSnapshot(raw);
-      expect(s.time).toBeNull();
-      expect(s.health.status).toBe('unknown');
-      expect(s.health.messages).toEqual([]);
-      expect(s.totals.queued).toBe(0);
-      expect(s.hubs).toEqual([]);
-      expect(s.users).toEqual([]);
-      expect(s.throughput).toEqual([]);
-    }
-  );
-
-  it('fills missing and wrongly typed fields', () => {
-    const s = normaliseSnapshot({
-      health: { status: 'PANIC', messages: ['a', 3, null, { x: 1 }, ''] },
-      totals: { queued: '7', running: -3, done: 'lots', failed: NaN },
-      hubs: [
-        null,
-        'hub',
-        { workers: [{}, null, { state: 'busy', task: 'not-an-object' }] }
-      ],
-      users: [{ user: 12345, queued: '2' }],
-      throughput: [{ done: '5' }, 7, { t: 1 }]
-    });
-    expect(s.health.status).toBe('unknown');
-    expect(s.health.messages).toEqual(['a', '3']);
-    expect(s.totals).toMatchObject({ queued: 7, running: 0, done: 0, failed: 0 });
-    expect(s.hubs).toHaveLength(1);
-    expect(s.hubs[0]).toMatchObject({ id: '', name: '', state: 'unknown', local: false });
-    expect(s.hubs[0].workers).toHaveLength(2);
-    expect(s.hubs[0].workers[0]).toMatchObject({ id: '', state: 'unknown', min_p: null, task: null });
-    expect(s.hubs[0].workers[1].task).toBeNull();
-    expect(s.users[0]).toMatchObject({ user: '12345', queued: 2, running: 0 });
-    expect(s.throughput).toEqual([
-      { t: 0, done: 5, failed: 0, submitted: 0, queued: 0 },
-      { t: 1, done: 0, failed: 0, submitted: 0, queued: 0 }
-    ]);
-  });
-
-  it('does not treat `local: "yes"` as a local hub', () => {
-    const s = normaliseSnapshot({ hubs: [{ id: 'h', local: 'yes' }] });
-    expect(s.hubs[0].local).toBe(false);
+  it.each([
+    [{ ...sample(), schema: 2 }, 'The balancer speaks snapshot schema 2, this panel understands schema 1'],
+    [{ time: 1 }, 'The balancer speaks no schema version'],
+    [null, 'The server sent no snapshot.'],
+    [[], 'The server sent no snapshot.'],
+    ['text', 'The server sent no snapshot.']
+  ])('refuses %p with a sentence', (raw, sentence) => {
+    const check = checkSnapshot(raw);
+    expect(check.ok).toBe(false);
+    expect(check.ok ? '' : check.problem).toContain(sentence);
   });
 });
 
 describe('hostile strings stay strings', () => {
-  const hostile = (): any => {
+  const hostile = (): Snapshot => {
     const s = sample();
     s.hubs[0].name = XSS;
     s.hubs[0].host = XSS2;
     s.hubs[0].workers[0].id = XSS;
-    s.hubs[0].workers[0].task.name = XSS2;
-    s.hubs[0].workers[0].task.user = XSS;
+    s.hubs[0].workers[0].task!.name = XSS2;
+    s.hubs[0].workers[0].task!.user = XSS;
     s.users[0].user = XSS;
-    s.health = { status: 'warning', messages: [XSS] };
+    s.health = { status: 'warning', label: 'warning', messages: [XSS], checked: null };
     s.recent_failures[0].error = XSS2;
     s.balancer.id = XSS;
     return s;
@@ -202,14 +79,13 @@ describe('hostile strings stay strings', () => {
   });
 
   it('never lets data choose a CSS class', () => {
-    const s = hostile();
+    const s: any = hostile();
     s.hubs[0].state = 'ok" onmouseover="x';
     s.hubs[0].workers[0].state = 'busy jp-evil';
     s.health.status = 'ok jp-evil';
     const vm = viewModel(s);
     const allowed = ['jp-plb-mod-ok', 'jp-plb-mod-warning', 'jp-plb-mod-error', 'jp-plb-mod-unknown'];
     expect(allowed).toContain(vm.badge.className);
-    expect(allowed).toContain(vm.hubs[0].badge.className);
     expect(vm.hubs[0].badge.className).toBe('jp-plb-mod-unknown');
     expect(vm.hubs[0].workers[0].stateClass).toBe('other');
     expect(vm.badge.level).toBe('unknown');
@@ -227,9 +103,12 @@ describe('hostile strings stay strings', () => {
   });
 
   it('does not offer cancel for dot users', () => {
-    const rows = userRows(
-      normaliseSnapshot({ users: [{ user: '..', queued: 3 }, { user: 'x', queued: 3 }] })
-    );
+    const s = sample();
+    s.users = [
+      { user: '..', queued: 3, running: 0, share: 0, share_percent: 0 },
+      { user: 'x', queued: 3, running: 0, share: 0, share_percent: 0 }
+    ];
+    const rows = userRows(s);
     expect(rows.find(r => r.user === '..')?.canCancel).toBe(false);
     expect(rows.find(r => r.user === 'x')?.canCancel).toBe(true);
   });
@@ -246,11 +125,9 @@ describe('hostile strings stay strings', () => {
   });
 });
 
-describe('rows', () => {
-  it('turns the sample into hub and worker rows', () => {
-    const rows = hubRows(normaliseSnapshot(sample()));
-    expect(rows).toHaveLength(1);
-    const hub = rows[0];
+describe('rows show what the balancer computed', () => {
+  it('turns the sample into hub and worker rows, in the balancer\'s order', () => {
+    const hub = hubRow(sample().hubs[0]);
     expect(hub).toMatchObject({
       key: 'hub_9c1e3f2a',
       name: 'local',
@@ -258,87 +135,58 @@ describe('rows', () => {
       pid: '4242',
       local: true,
       busy: 1,
-      idle: 0,
-      total: 1,
-      summary: '1/1 busy',
-      lastSeen: '150ms ago'
+      idle: 1,
+      total: 2,
+      summary: '1/2 busy',
+      lastSeen: '150ms ago',
+      versions: 'Python 3.11.7 · cloudpickle 3.1.3',
+      versionSkew: ''
     });
     expect(hub.badge.level).toBe('ok');
+    expect(hub.workers.map(w => w.id)).toEqual(['worker_c0b28c1f', 'worker_5d0e9a7b']);
     expect(hub.workers[0]).toMatchObject({
-      id: 'worker_c0b28c1f',
       stateClass: 'busy',
       range: '0–9',
       done: '740',
       taskName: 'HELLO',
       taskUser: 'alice',
-      taskAge: '250ms'
+      taskAge: '250ms',
+      cpu: '99%',
+      memory: '50 MiB'
     });
+    expect(hub.workers[1]).toMatchObject({ stateClass: 'idle', range: '10–99', taskName: '', taskAge: '' });
   });
 
-  it('sorts hubs: local first, then by state, then by name', () => {
-    const s = normaliseSnapshot({
-      hubs: [
-        { id: 'h3', name: 'zeta', state: 'ok' },
-        { id: 'h2', name: 'alpha', state: 'lost' },
-        { id: 'h1', name: 'beta', state: 'ok' },
-        { id: 'h4', name: 'gamma', state: 'ok', local: true },
-        { id: 'h5', name: '', state: 'draining' }
-      ]
-    });
-    expect(hubRows(s).map(h => h.key)).toEqual(['h4', 'h1', 'h3', 'h5', 'h2']);
-    expect(hubRows(s).find(h => h.key === 'h5')?.name).toBe('h5');
+  it('shows the priority range and the running time as the balancer says them', () => {
+    const s = sample();
+    s.hubs[0].workers[0].priorities = 'any';
+    s.hubs[0].workers[0].running_for = 185;
+    expect(hubRow(s.hubs[0]).workers[0]).toMatchObject({ range: 'any', taskAge: '3m 05s' });
   });
 
-  it('sorts workers by priority range and handles idle and missing values', () => {
-    const s = normaliseSnapshot({
-      time: 100,
-      hubs: [
-        {
-          id: 'h',
-          workers: [
-            { id: 'w3', state: 'idle', min_p: 10, max_p: 99 },
-            { id: 'w1', state: 'busy', min_p: 0, max_p: 9, task: { name: '', id: 't9', started: 98 } },
-            { id: 'w2', state: 'starting' },
-            { id: 'w0', state: 'idle', min_p: 0, max_p: 0 }
-          ]
-        }
-      ]
-    });
-    const w = workerRows(s.hubs[0], s.time);
-    expect(w.map(r => r.id)).toEqual(['w0', 'w1', 'w3', 'w2']);
-    expect(w[0]).toMatchObject({ range: '0', stateClass: 'idle', taskName: '', taskAge: '' });
-    expect(w[1]).toMatchObject({ taskName: 't9', taskUser: '', taskAge: '2s' });
-    expect(w[3]).toMatchObject({ range: '–', stateClass: 'starting' });
-    const hub = hubRows(s)[0];
-    expect(hub).toMatchObject({ busy: 1, idle: 2, total: 4, summary: '1/4 busy', lastSeen: '' });
+  it('names another user\'s task without its id (team pool)', () => {
+    const s = sample();
+    s.hubs[0].workers[0].task = { name: 'HELLO', user: 'bob', started: 1 };
+    expect(hubRow(s.hubs[0]).workers[0]).toMatchObject({ taskName: 'HELLO', taskUser: 'bob' });
   });
 
-  it('sorts users by pending work, then name', () => {
-    const s = normaliseSnapshot({
-      users: [
-        { user: 'carol', queued: 0, running: 0, done: 5 },
-        { user: 'bob', queued: 1, running: 4 },
-        { user: 'alice', queued: 5, running: 0 },
-        { user: '', queued: 0, running: 1 }
-      ]
-    });
-    const rows = userRows(s);
-    expect(rows.map(r => r.user)).toEqual(['alice', 'bob', '(anonymous)', 'carol']);
-    expect(rows.map(r => r.canCancel)).toEqual([true, true, false, false]);
-    expect(rows[0]).toMatchObject({ queuedText: '5', runningText: '0' });
+  it('keeps the users in the balancer\'s order', () => {
+    const rows = userRows(sample());
+    expect(rows.map(r => r.user)).toEqual(['alice', 'bob']);
+    expect(rows.map(r => r.canCancel)).toEqual([true, true]);
+    expect(rows[0]).toMatchObject({ queuedText: '10', runningText: '1', doneText: '700', failedText: '1' });
   });
 
   it('builds total cells with formatted values', () => {
-    const cells = totalCells(normaliseSnapshot(sample()));
-    const byKey = Object.fromEntries(cells.map(c => [c.key, c.value]));
+    const byKey = Object.fromEntries(totalCells(sample()).map(c => [c.key, c.value]));
     expect(byKey).toMatchObject({
       queued: '12',
-      running: '4',
+      running: '1',
       done: '1.5k',
       failed: '2',
       submitted: '1.5k',
-      done_per_s: '813/s',
-      submitted_per_s: '900/s'
+      done_per_s: '820/s',
+      submitted_per_s: '850/s'
     });
   });
 });
@@ -392,13 +240,6 @@ describe('formatting', () => {
     expect(formatDuration(value as number)).toBe(expected);
   });
 
-  it('formats priority ranges', () => {
-    expect(formatPriorityRange(0, 9)).toBe('0–9');
-    expect(formatPriorityRange(5, 5)).toBe('5');
-    expect(formatPriorityRange(null, 9)).toBe('?–9');
-    expect(formatPriorityRange(10, null)).toBe('10–?');
-    expect(formatPriorityRange(null, null)).toBe('–');
-  });
 });
 
 describe('sparklinePath', () => {
@@ -438,27 +279,23 @@ describe('sparklinePath', () => {
 
 describe('health badge', () => {
   it.each([
-    ['ok', 'ok', 'healthy', 'jp-plb-mod-ok'],
+    ['ok', 'healthy', 'ok', 'jp-plb-mod-ok'],
     ['warning', 'warning', 'warning', 'jp-plb-mod-warning'],
-    ['ERROR', 'error', 'error', 'jp-plb-mod-error'],
-    ['weird', 'unknown', 'unknown', 'jp-plb-mod-unknown'],
-    [undefined, 'unknown', 'unknown', 'jp-plb-mod-unknown']
-  ])('status %p → %p', (status, level, label, cls) => {
-    const b = healthBadge({ status, messages: [] });
-    expect(b).toMatchObject({ level, label, className: cls });
+    ['error', 'error', 'error', 'jp-plb-mod-error'],
+    ['unknown', 'unknown', 'unknown', 'jp-plb-mod-unknown']
+  ])('status %p shows the balancer\'s label %p', (status, label, lvl, cls) => {
+    const b = healthBadge({ status: status as any, label, messages: [], checked: null });
+    expect(b).toMatchObject({ level: lvl, label, className: cls });
   });
 
   it('puts the messages in the tooltip', () => {
     const b = healthBadge({
       status: 'warning',
-      messages: ['HC - WARNING : LB HAS NO WORKERS.', 'second']
+      label: 'warning',
+      messages: ['HC - WARNING : LB HAS NO WORKERS.', 'second'],
+      checked: 1
     });
     expect(b.title).toBe('HC - WARNING : LB HAS NO WORKERS.\nsecond');
-  });
-
-  it('handles a missing health block', () => {
-    expect(healthBadge(undefined)).toMatchObject({ level: 'unknown', label: 'no data' });
-    expect(viewModel({}).badge.level).toBe('unknown');
   });
 
   it('maps hub states', () => {
@@ -501,43 +338,49 @@ describe('error state', () => {
 describe('view model', () => {
   it('combines everything for the sample', () => {
     const vm = viewModel(sample());
-    expect(vm.badge.level).toBe('ok');
+    expect(vm.badge).toMatchObject({ level: 'ok', label: 'healthy' });
     expect(vm.balancerLine).toBe('lb_3f2a9c1e · v0.1.0 · up 1m 40s');
     expect(vm.hubs).toHaveLength(1);
-    expect(vm.users).toHaveLength(1);
-    expect(vm.sparkline.count).toBe(1);
-    expect(vm.sparklineCaption).toBe('done/s, last 1s (peak 800, now 800)');
+    expect(vm.users).toHaveLength(2);
+    expect(vm.sparkline.count).toBe(5);
+    expect(vm.sparklineCaption).toBe('done/s, last 5s (peak 840, now 840)');
     expect(vm.localHub).toEqual({ present: true, running: true });
-    expect(vm.failures).toEqual([
-      { key: 't_3', id: 't_3', name: 'f', user: 'alice', error: 'ZeroDivisionError: division by zero' }
-    ]);
+    expect(vm.failures.map(f => f.key)).toEqual(['t_3c09', 't_3b11']);
+    expect(vm.failures[0]).toEqual({
+      key: 't_3c09', id: 't_3c09', name: 'f', user: 'alice', error: 'ZeroDivisionError: division by zero'
+    });
     expect(vm.unschedulable.count).toBe(1);
     expect(vm.unschedulable.first).toContain('priority 5000');
   });
 
-  it('works on an empty snapshot', () => {
-    const vm = viewModel({});
+  it('works on a snapshot of nothing', () => {
+    const s = sample();
+    Object.assign(s, { hubs: [], users: [], recent_failures: [], unschedulable: [], throughput: [] });
+    s.balancer = { ...s.balancer, id: null, version: null, started: 0, uptime: 0 };
+    const vm = viewModel(s);
     expect(vm.hubs).toEqual([]);
-    expect(vm.users).toEqual([]);
-    expect(vm.failures).toEqual([]);
     expect(vm.balancerLine).toBe('');
     expect(vm.sparkline.line).toBe('');
     expect(vm.sparklineCaption).toBe('no throughput data yet');
     expect(vm.localHub).toEqual({ present: false, running: false });
-    expect(vm.totals.every(c => c.value === '0' || c.value === '0/s')).toBe(true);
   });
 
-  it('keeps the newest failures first and limits them', () => {
-    const failures = Array.from({ length: 8 }, (_, i) => ({ id: `t${i}`, name: 'f', time: i }));
-    const vm = viewModel({ recent_failures: failures }, 3);
-    expect(vm.failures.map(f => f.key)).toEqual(['t7', 't6', 't5']);
+  it('takes the newest failures first (the balancer orders them) and limits them', () => {
+    const s = sample();
+    s.recent_failures = Array.from({ length: 8 }, (_, i) => ({ id: `t${7 - i}`, name: 'f', user: 'u', time: 7 - i }));
+    expect(viewModel(s, 3).failures.map(f => f.key)).toEqual(['t7', 't6', 't5']);
+  });
+
+  it('keeps another user\'s failure without an id (team pool)', () => {
+    const s = sample();
+    s.recent_failures = [{ name: 'f', user: 'bob', time: 1 }];
+    expect(viewModel(s).failures[0]).toEqual({ key: '#0', id: '', name: 'f', user: 'bob', error: '' });
   });
 
   it('reports a lost local hub as not running', () => {
-    expect(viewModel({ hubs: [{ id: 'h', local: true, state: 'lost' }] }).localHub).toEqual({
-      present: true,
-      running: false
-    });
+    const s = sample();
+    s.hubs[0].state = 'lost';
+    expect(viewModel(s).localHub).toEqual({ present: true, running: false });
   });
 });
 

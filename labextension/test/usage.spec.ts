@@ -1,36 +1,8 @@
 /**
  * Per-worker CPU and resident memory, and a hub's version skew, from the snapshot to the rows.
  */
-import {
-  formatBytes,
-  formatPercent,
-  hubRows,
-  normaliseSnapshot
-} from '../src/model';
-
-function snapshot(): any {
-  return {
-    time: 100,
-    hubs: [
-      {
-        id: 'hub_a',
-        name: 'gpu:7',
-        host: 'gpu',
-        state: 'ok',
-        last_seen: 99.5,
-        python: '3.12.1',
-        cloudpickle: '3.1.0',
-        version_skew:
-          'hub gpu:7 on gpu runs Python 3.12.1, this balancer Python 3.11.7: tasks sent there may fail to unpickle',
-        workers: [
-          { id: 'w1', state: 'busy', min_p: 0, max_p: 9, cpu: 97.6, rss: 250 * 2 ** 20, done: 3 },
-          { id: 'w2', state: 'idle', min_p: 0, max_p: 9, cpu: null, rss: null, done: 0 }
-        ]
-      },
-      { id: 'hub_b', name: 'old', state: 'ok', workers: [{ id: 'w3', state: 'idle', cpu: 'x', rss: -5 }] }
-    ]
-  };
-}
+import { formatBytes, formatPercent, hubRow } from '../src/model';
+import { sample } from './sample';
 
 describe('formatPercent and formatBytes', () => {
   it('round and fall back to a dash', () => {
@@ -47,15 +19,25 @@ describe('formatPercent and formatBytes', () => {
 
 describe('worker usage and version skew rows', () => {
   it('carry CPU, memory and the skew warning', () => {
-    const [gpu, old] = hubRows(normaliseSnapshot(snapshot()));
-    expect(gpu.workers.map(w => [w.id, w.cpu, w.memory])).toEqual([
-      ['w1', '98%', '250 MiB'],
-      ['w2', '–', '–']
+    const hub = sample().hubs[0];
+    hub.versions = 'Python 3.12.1 · cloudpickle 3.1.0';
+    hub.version_skew =
+      'hub gpu:7 on gpu runs Python 3.12.1, this balancer Python 3.11.7: tasks sent there may fail to unpickle';
+    hub.workers[0].rss = 250 * 2 ** 20;
+    hub.workers[1].cpu = null;
+    hub.workers[1].rss = null;
+    const row = hubRow(hub);
+    expect(row.workers.map(w => [w.cpu, w.memory])).toEqual([
+      ['99%', '250 MiB'],
+      ['–', '–']
     ]);
-    expect(gpu.versions).toBe('Python 3.12.1 · cloudpickle 3.1.0');
-    expect(gpu.versionSkew).toContain('may fail to unpickle');
-    expect(old.versions).toBe('');
-    expect(old.versionSkew).toBe('');
-    expect(old.workers.map(w => [w.cpu, w.memory])).toEqual([['–', '–']]);
+    expect(row.versions).toBe('Python 3.12.1 · cloudpickle 3.1.0');
+    expect(row.versionSkew).toContain('may fail to unpickle');
+  });
+
+  it('shows no versions nor skew when the hub said none', () => {
+    const hub = sample().hubs[0];
+    hub.versions = '';
+    expect(hubRow(hub)).toMatchObject({ versions: '', versionSkew: '' });
   });
 });

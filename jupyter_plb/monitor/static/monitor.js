@@ -9,6 +9,10 @@
  * exponential backoff; while it is down, `api/status` is polled every 2 s. Each snapshot is
  * rendered at most once (coalesced on requestAnimationFrame). Histories are bounded.
  *
+ * What it shows is the monitor's schema (jupyter_plb/core/snapshot.py, docs/monitor-api.md): the
+ * balancer computes the counts, ages, run and wait times, priority ranges, health label and
+ * shares; this page formats and draws them, and refuses a snapshot of another SCHEMA_VERSION.
+ *
  * Hooks for browser tests:
  *   <html data-snapshots="N" data-snapshot-time="…">  number / server time of rendered snapshots
  *   <body data-conn="live|polling|disconnected|connecting">, #conn-state (same text)
@@ -24,6 +28,7 @@
 (() => {
   // ------------------------------------------------------------------ constants
   const SVG_NS = 'http://www.w3.org/2000/svg';
+  const SCHEMA_VERSION = 1;         // of jupyter_plb/core/snapshot.py (tests/test_snapshot.py checks it)
   const HISTORY_SECONDS = 120;      // rolling client-side queue history
   const HISTORY_MAX_POINTS = 1200;  // hard bound (2 Hz × 120 s = 240 normally)
   const STREAM_WINDOW = 60;         // task-stream window, seconds
@@ -52,13 +57,6 @@
   const pick = (value, allowed, fallback) => (allowed.includes(value) ? value : fallback);
 
   const intFmt = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
-  // Hubs started with --workers N accept any priority and report -1e9..1e9 (hub.ANY_PRIORITY).
-  const fmtRange = (lo, hi) => {
-    const a = num(lo);
-    const b = num(hi);
-    if (a !== null && b !== null && a <= -1e9 && b >= 1e9) return 'any';
-    return `${a === null ? '?' : str(a)}–${b === null ? '?' : str(b)}`;
-  };
   const fmtInt = (x) => {
     const n = num(x);
     return n === null ? '–' : intFmt.format(n);
@@ -528,8 +526,20 @@
   }
 
   // ------------------------------------------------------------------ snapshots
+  /** A snapshot of another schema version is not drawn: the banner says why. */
+  function schemaProblem(snap) {
+    if (snap.schema === SCHEMA_VERSION) return '';
+    const said = snap.schema === undefined || snap.schema === null ? 'no schema version' : `snapshot schema ${str(snap.schema)}`;
+    return `The balancer speaks ${said}, this page understands schema ${SCHEMA_VERSION}: reload the page, ` +
+      'or install the same jupyter_plb version on both sides.';
+  }
   function onSnapshot(snap) {
     if (!snap || typeof snap !== 'object') return;
+    const problem = schemaProblem(snap);
+    const banner = $('schema-problem');
+    setText(banner, problem);
+    banner.hidden = !problem;
+    if (problem) return;
     state.snap = snap;
     state.snapCount++;
     state.lastSnapAt = Date.now();
@@ -575,7 +585,7 @@
     const parts = [renderCharts];
     if (snap && state.renderedCount !== state.snapCount) {
       parts.unshift(renderHeader, renderTotals, renderWorkers, renderUsers, renderStats,
-        renderUnschedulable, renderFailures, renderTaskTimes);
+        renderUnschedulable, renderFailures);
     }
     for (const part of parts) {
       try {
@@ -615,7 +625,7 @@
     const status = pick(str(health.status), ['ok', 'warning', 'error'], 'unknown');
     const badge = $('health-badge');
     badge.dataset.status = status;
-    setText(badge, status === 'unknown' ? `HEALTH ${str(health.status) || '?'}` : status.toUpperCase());
+    setText(badge, str(health.label).toUpperCase());
     setTitle(badge, health.checked ? `health checked at ${fmtClock(health.checked)}` : '');
     const msgs = arr(health.messages).map(str);
     const list = $('health-messages');
@@ -670,7 +680,7 @@
     tbody.appendChild(tr);
     return tbody;
   }
-  function updateHubBody(tbody, { hub, now }) {
+  function updateHubBody(tbody, { hub }) {
     const th = tbody.firstChild.firstChild;
     const hubState = str(hub.state);
     tbody.dataset.state = pick(hubState, HUB_STATES, 'other');
@@ -679,25 +689,23 @@
     th.querySelector('.local').hidden = !hub.local;
     setText(th.querySelector('.hub-host'), hub.host || '?');
     setText(th.querySelector('.hub-pid'), hub.pid !== undefined && hub.pid !== null ? ` pid ${str(hub.pid)}` : '');
-    const seen = num(hub.last_seen);
-    setText(th.querySelector('.hub-seen'), seen !== null && now !== null ? `seen ${fmtDur(now - seen)} ago` : '');
+    setText(th.querySelector('.hub-seen'), `seen ${fmtDur(hub.seen_ago)} ago`);
     const tasks = arr(hub.tasks).map(str);
     const tasksText = tasks.length ? `tasks: ${tasks.join(', ')}` : 'tasks: any';
     setText(th.querySelector('.hub-tasks'), trunc(tasksText, 90));
     setTitle(th.querySelector('.hub-tasks'), tasksText);
     setText(th.querySelector('.hub-id'), hub.id || '');
-    const versions = [hub.python ? `Python ${str(hub.python)}` : '', hub.cloudpickle ? `cloudpickle ${str(hub.cloudpickle)}` : ''];
-    setText(th.querySelector('.hub-versions'), versions.filter((v) => v).join(' · '));
+    setText(th.querySelector('.hub-versions'), hub.versions);
     const skew = th.querySelector('.hub-skew');
     setText(skew, hub.version_skew ? `⚠ ${str(hub.version_skew)}` : '');
     skew.hidden = !hub.version_skew;
-    const workers = arr(hub.workers).map((w) => ({ w: obj(w), now }));
+    const workers = arr(hub.workers).map((w) => ({ w: obj(w) }));
     reconcile(tbody, workers, (x) => x.w.id, createWorkerRow, updateWorkerRow, 1);
   }
   const workerRows = makeRows([
     { cls: 'id', text: (x) => x.w.id },
     { cls: 'state-cell', init: (td) => td.appendChild(el('span', 'pill')), render: (td, x) => setPill(td.firstChild, x.w.state) },
-    { text: (x) => fmtRange(x.w.min_p, x.w.max_p) },
+    { text: (x) => x.w.priorities },
     { cls: 'num', text: (x) => str(x.w.process_p ?? '') },
     {
       init: nameCellInit,
@@ -712,13 +720,7 @@
       },
     },
     { clip: true, text: (x) => (x.w.task ? str(obj(x.w.task).user) : ''), title: (x) => (x.w.task ? str(obj(x.w.task).user) : '') },
-    {
-      cls: 'num',
-      text: (x) => {
-        const started = x.w.task ? num(obj(x.w.task).started) : null;
-        return started !== null && x.now !== null ? fmtDur(x.now - started) : '';
-      },
-    },
+    { cls: 'num', text: (x) => (x.w.running_for === null ? '' : fmtDur(x.w.running_for)) },
     { cls: 'num', text: (x) => fmtPercent(x.w.cpu) },
     { cls: 'num', text: (x) => fmtBytes(x.w.rss) },
     { cls: 'num', text: (x) => fmtInt(x.w.done) },
@@ -737,19 +739,11 @@
     setTitle(tr.children[0], task ? `task ${str(task.id)}` : '');
   }
   function renderWorkers(snap) {
-    const now = num(snap.time);
     const hubs = arr(snap.hubs).map((h) => obj(h));
-    reconcile($('worker-table'), hubs.map((hub) => ({ hub, now })), (x) => x.hub.id || x.hub.name,
+    reconcile($('worker-table'), hubs.map((hub) => ({ hub })), (x) => x.hub.id || x.hub.name,
       createHubBody, updateHubBody, 1 /* thead */);
-    let n = 0;
-    let busy = 0;
-    for (const h of hubs) {
-      for (const w of arr(h.workers)) {
-        n++;
-        if (obj(w).state === 'busy') busy++;
-      }
-    }
-    setText($('workers-count'), hubs.length ? `${busy} busy / ${n} workers on ${hubs.length} hub${hubs.length > 1 ? 's' : ''}` : '');
+    const c = obj(snap.workers);
+    setText($('workers-count'), c.hubs ? `${c.busy} busy / ${c.total} workers on ${c.hubs} hub${c.hubs > 1 ? 's' : ''}` : '');
     $('workers-empty').hidden = hubs.length > 0;
   }
 
@@ -847,8 +841,7 @@
   ]);
   function renderFailures(snap) {
     failuresNow = num(snap.time);
-    const items = arr(snap.recent_failures).map(obj)
-      .sort((a, b) => (num(b.time) || 0) - (num(a.time) || 0));
+    const items = arr(snap.recent_failures).map(obj);  // newest first
     reconcile($('failures-table').tBodies[0], items, (f) => f.id, failureRows.create, failureRows.update);
     $('failures-empty').hidden = items.length > 0;
     setText($('failures-count'), items.length ? `(${items.length})` : '');
@@ -1121,7 +1114,7 @@
         const task = r.worker && r.worker.task ? obj(r.worker.task) : null;
         const started = task ? num(task.started) : null;
         if (task && started !== null) {
-          items.push({ row: rowOf.get(r.id), start: Math.max(started, t0 - 1), end: now, it: task, state: 'running', realStart: started });
+          items.push({ row: rowOf.get(r.id), start: Math.max(started, t0 - 1), end: now, it: task, state: 'running', runFor: num(r.worker.running_for) });
         }
       }
     }
@@ -1158,7 +1151,7 @@
       const st = pick(item.state, ['done', 'failed', 'cancelled', 'running'], 'done');
       const rect = svg('rect', { x: f1(x), y, width: f1(w), height: rowH - 4, class: `task-rect ${st}` }, g);
       if (st !== 'failed') rect.setAttribute('fill', colorFor(name));
-      const runTime = item.state === 'running' ? now - (item.realStart ?? item.start) : item.end - item.start;
+      const runTime = item.state === 'running' ? item.runFor : item.end - item.start;
       svgTitle(rect, `${name} · ${str(item.it.user)} · ${str(item.it.id)}\n${item.state} · ${item.state === 'running' ? 'running for ' : ''}${fmtDur(runTime)}`);
       legendCount.set(name, (legendCount.get(name) || 0) + 1);
       nRects++;
@@ -1176,7 +1169,6 @@
 
   // ------------------------------------------------------------------ tasks table
   const CANCELLABLE = ['queued', 'running'];
-  let tasksNow = null;
   const taskRows = makeRows([
     { cls: 'id', init: taskLinkInit, render: (td, t) => taskLinkRender(td, t.id) },
     { init: nameCellInit, render: (td, t) => nameCellRender(td, t.name) },
@@ -1190,22 +1182,8 @@
       },
     },
     { cls: 'num', text: (t) => fmtClock(t.submitted), title: (t) => fmtDateTime(t.submitted) },
-    {
-      cls: 'num',
-      text: (t) => {
-        const sub = num(t.submitted);
-        const end = num(t.started) ?? (t.state === 'queued' ? tasksNow : num(t.ended));
-        return sub !== null && end !== null ? fmtDur(end - sub) : '';
-      },
-    },
-    {
-      cls: 'num',
-      text: (t) => {
-        const st = num(t.started);
-        const end = num(t.ended) ?? (t.state === 'running' ? tasksNow : null);
-        return st !== null && end !== null ? fmtDur(end - st) : '';
-      },
-    },
+    { cls: 'num', text: (t) => (num(t.wait_time) === null ? '' : fmtDur(t.wait_time)) },
+    { cls: 'num', text: (t) => (num(t.run_time) === null ? '' : fmtDur(t.run_time)) },
     { cls: 'id', text: (t) => t.worker || '', title: (t) => (t.hub ? `hub ${str(t.hub)}` : '') },
     {
       cls: 'wrap',
@@ -1239,7 +1217,6 @@
     if (tr.dataset.state !== s) tr.dataset.state = s;
   }
   function renderTasksTable() {
-    tasksNow = state.snap ? num(state.snap.time) : Date.now() / 1000;
     const tasks = [...state.tasks.values()];
     reconcile($('tasks-table').tBodies[0], tasks, (t) => t.id, taskRows.create, updateTaskRow);
     $('tasks-empty').hidden = tasks.length > 0;
@@ -1248,10 +1225,6 @@
       : (tasks.length ? `(${fmtInt(first)}–${fmtInt(first + tasks.length - 1)} of ${fmtInt(state.tasksTotal)})` : `(0 of ${fmtInt(state.tasksTotal)})`));
     $('tasks-newer').disabled = state.tasksOffset === 0;
     $('tasks-older').disabled = state.tasksTotal === null || state.tasksOffset + tasks.length >= state.tasksTotal;
-  }
-  /** Running/waiting times in the tasks table follow the snapshots' clock. */
-  function renderTaskTimes() {
-    if (state.tasks.size) renderTasksTable();
   }
   function taskQuery() {
     const p = new URLSearchParams();
