@@ -246,7 +246,7 @@ def test_every_view_of_a_busy_balancer_fits_the_schema(
         assert listing["total"] == 13 and {t["state"] for t in listing["tasks"]} >= {"queued", "running", "done"}
         for task_id in (sleeping[0].task_id, sleeping[5].task_id, done[0].task_id, failed.task_id):
             fits(cluster.call(cluster.balancer.task_info, task_id), snap.TaskDetail)
-        fits(cluster.call(cluster.balancer.health_report), snap.HealthReport)
+        fits(cluster.call(cluster.balancer.views.health_report), snap.HealthReport)
         for message in list(events):
             fits(message, snap.SnapshotMessage if message["type"] == "snapshot" else snap.TasksMessage)
         bob.cancel([f.task_id for f in sleeping])
