@@ -147,8 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"health {status['health']['status']}")
     print("  " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     for hub in status["hubs"]:
-        busy = sum(w["state"] == "busy" for w in hub["workers"])
-        print(f"  hub {hub['name']} ({hub['host']}) {hub['state']}: {len(hub['workers'])} workers, {busy} busy")
+        print(f"  hub {hub['name']} ({hub['host']}) {hub['state']}: {len(hub['workers'])} workers, {hub['busy']} busy")
         if (difference := skew(hub)) is not None:
             print(f"    warning: {difference}")
     for user in status["users"]:

@@ -136,13 +136,5 @@ class Stats:
     def history(self) -> list[dict[str, Any]]:
         return list(self._history)
 
-    def rates(self) -> dict[str, float]:
-        recent = list(self._history)[-5:]
-        seconds = len(recent) or 1
-        return {
-            "done_per_s": sum(b["done"] + b["failed"] for b in recent) / seconds,
-            "submitted_per_s": sum(b["submitted"] for b in recent) / seconds,
-        }
-
     def per_name_list(self) -> list[dict[str, Any]]:
         return [s.as_dict(name) for name, s in sorted(self.per_name.items())]

@@ -151,16 +151,6 @@ class FairShare:
             return {}
         return {user: min(1.0, seconds / total) for user, seconds in busy.items() if seconds > 0}
 
-    def users_view(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The snapshot's per-user entries with ``share`` (of the slots, over the window) added."""
-        shares = self.shares()
-        known = {u["user"] for u in users}
-        rows = [{**u, "share": round(shares.get(u["user"], 0.0), 4)} for u in users]
-        rows += [
-            {"user": user, "queued": 0, "running": 0, "share": round(share, 4)}
-            for user, share in shares.items() if user not in known
-        ]
-        return sorted(rows, key=lambda u: u["user"])
 
 
 def policy_for(params: Mapping[str, Any]) -> TeamPolicy | None:

@@ -123,7 +123,7 @@ def header_html(snapshot: dict[str, Any]) -> str:
     return (
         f"<div class='plb-header'><b>jupyter_plb</b> balancer "
         f"<code>{esc(balancer['id'] or '?')}</code>"
-        f" · up {duration(float(balancer['uptime']))} · health "
+        f" · up {duration(float(balancer['uptime']))} · "
         f"<b style='color:{colour}'>{esc(health['label'])}</b></div>"
         f"<div class='plb-totals'>{counts}</div>"
         f"<div class='plb-throughput'><span class='plb-rate'>{snapshot['rates']['done_per_s']:.0f}</span> tasks/s "
