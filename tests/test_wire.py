@@ -8,6 +8,7 @@ import pytest
 import zmq
 
 from jupyter_plb.client import Client
+from jupyter_plb.client.pickling import pickle_function
 from jupyter_plb.core import protocol
 from jupyter_plb.core.protocol import Session
 from jupyter_plb.errors import DeserializationError, IntegrityError, ProtocolError
@@ -116,13 +117,13 @@ def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
 
 
 def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> None:
-    assert ready_client._pickle_function(add) is ready_client._pickle_function(add)
+    assert pickle_function(add) is pickle_function(add)
     closure_value = 5
 
     def closure(x: int) -> int:
         return x + closure_value
 
-    first, second = ready_client._pickle_function(closure), ready_client._pickle_function(closure)
+    first, second = pickle_function(closure), pickle_function(closure)
     assert first is not second and first[1] == second[1]
     assert ready_client.submit(closure, 1).result(timeout=20) == 6
     assert ready_client.submit(add, 1, 2).result(timeout=20) == 3

@@ -5,8 +5,8 @@
 :mod:`.display` (text and HTML views) and :mod:`.progress` (live bars).
 """
 
+from jupyter_plb.client.broadcast import Broadcast
 from jupyter_plb.client.executor import (
-    Broadcast,
     Client,
     ClientView,
     MapIterator,

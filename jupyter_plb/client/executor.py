@@ -11,13 +11,11 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
-import contextvars
 import hashlib
 import itertools
 import json
 import logging
 import math
-import sys
 import threading
 import time
 import warnings
@@ -26,10 +24,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import cloudpickle
 import zmq
 
+from jupyter_plb.client.broadcast import Broadcast
 from jupyter_plb.client.display import BatchCounter
+from jupyter_plb.client.pickling import function_name, pickle_arguments, pickle_function
 from jupyter_plb.core import parameters, protocol, versions
 from jupyter_plb.core.argsrepr import args_text
 from jupyter_plb.core.protocol import Buffer, Message, Session
@@ -51,7 +50,7 @@ from jupyter_plb.errors import (
     WorkerMemoryExceeded,
 )
 from jupyter_plb.transport import connection, security, sockets
-from jupyter_plb.workers.worker import VERSIONS, broadcast_value
+from jupyter_plb.workers.worker import VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -72,84 +71,6 @@ GET_BATCH = 10_000
 #: While tasks are outstanding and the balancer has been silent this long, say hello again
 #: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
 PING_MS = 1000
-
-
-
-def _function_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-
-
-#: Pickles of functions that cloudpickle pickles by module and name: they never change.
-_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], tuple[list[Buffer], str]] = weakref.WeakKeyDictionary()
-
-
-def _pickled_by_reference(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` is importable by its module and name (so its pickle is that name)."""
-    module_name = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(module_name, str) or module_name == "__main__" or not isinstance(qualname, str):
-        return False
-    if module_name in cloudpickle.list_registry_pickle_by_value():
-        return False
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found is fn
-
-
-#: While a task's arguments are pickled: the digests of the broadcast objects they name.
-_naming_objects: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("plb_objects", default=None)
-
-
-class Broadcast:
-    """A reference to an object the balancer keeps (``Client.broadcast``); pass it as a task argument.
-
-    Each worker receives the object once, with the first task that names it, and keeps it by
-    digest; a task gets the object itself in place of the reference, anywhere in its arguments.
-    ``release()`` (or ``with``, or letting the reference be garbage collected, or closing the
-    client) lets the balancer and the workers drop it once no queued or running task needs it.
-    """
-
-    __slots__ = ("__weakref__", "_connection", "_finalizer", "digest", "nbytes", "type_name")
-
-    def __init__(self, conn: _Connection, digest: str, nbytes: int, type_name: str) -> None:
-        self._connection = conn
-        self.digest = digest
-        self.nbytes = nbytes
-        self.type_name = type_name
-        self._finalizer = weakref.finalize(self, conn.release_later, digest)
-        conn.references.add(self)
-
-    @property
-    def released(self) -> bool:
-        return not self._finalizer.alive
-
-    def release(self) -> None:
-        """Let the balancer and the workers drop the object (after the tasks that name it)."""
-        if self._finalizer.detach() is not None and not self._connection.closed:
-            self._connection.send({"type": "release", "digests": [self.digest]})
-
-    def __enter__(self) -> Broadcast:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
-        if self.released:
-            raise PlbError(f"the broadcast object {self.digest} was released; broadcast it again")
-        naming = _naming_objects.get()
-        if naming is None:
-            raise TypeError(
-                "a broadcast reference travels only as an argument of submit() or map(), "
-                "not inside a function (closure, default) or a run() call"
-            )
-        naming.append(self.digest)
-        return broadcast_value, (self.digest,)
-
-    def __repr__(self) -> str:
-        state = " released" if self.released else ""
-        return f"<Broadcast {self.digest} {self.type_name} {self.nbytes} bytes{state}>"
 
 
 class PlbFuture(concurrent.futures.Future):
@@ -765,8 +686,8 @@ class _Batch:
         length: int | None = None,
     ) -> None:
         self.submitter = submitter
-        self.fn_buffers, self.fn_id = submitter._pickle_function(fn)
-        self.name = _function_name(fn)
+        self.fn_buffers, self.fn_id = pickle_function(fn)
+        self.name = function_name(fn)
         self.items = items
         self.chunksize = chunksize
         self.window = submitter._connection.max_queued_per_user or 0
@@ -933,10 +854,10 @@ class _Submitter:
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         self._connection.check_open()
         try:
-            fn_buffers, fn_id = self._pickle_function(fn)
-            spec, buffers, fut = self._function_task(fn_id, _function_name(fn), protocol.call_payload(args, kwargs))
+            fn_buffers, fn_id = pickle_function(fn)
+            spec, buffers, fut = self._function_task(fn_id, function_name(fn), protocol.call_payload(args, kwargs))
         except SerializationError as exc:  # as in an executor, the future carries the error
-            return self._failed(_function_name(fn), exc)
+            return self._failed(function_name(fn), exc)
         self._send_tasks([(spec, buffers, fut)], fn_id, fn_buffers)
         return fut
 
@@ -1022,7 +943,7 @@ class _Submitter:
             reply = self._connection.request(header, buffers, timeout=wait, explain=False)
         except BalancerUnreachable:
             raise BalancerUnreachable(
-                f"run() got no answer within {wait:g} s: a worker is still running {_function_name(fn)}, "
+                f"run() got no answer within {wait:g} s: a worker is still running {function_name(fn)}, "
                 "or the balancer is unreachable"
             ) from None
         results: dict[str, Any] = {}
@@ -1175,30 +1096,10 @@ class _Submitter:
     def _limits(self) -> dict[str, Any]:
         return {"timeout": self._defaults.get("timeout"), "retries": self._defaults.get("retries") or 0}
 
-    def _pickle_function(self, fn: Callable[..., Any]) -> tuple[list[Buffer], str]:
-        """The function's pickle and id; cached while cloudpickle pickles it by name only."""
-        by_reference = _pickled_by_reference(fn)
-        with contextlib.suppress(TypeError):  # TypeError: not weak-referenceable (a numpy ufunc)
-            cached = _by_reference.get(fn) if by_reference else None
-            if cached is not None:
-                return cached
-        buffers = protocol.dumps(fn)
-        digests = [protocol.digest(b) for b in buffers]
-        pickled = (buffers, hashlib.sha256(b"".join(digests)).hexdigest()[:32])
-        if by_reference:
-            with contextlib.suppress(TypeError):
-                _by_reference[fn] = pickled
-        return pickled
-
     def _function_task(
         self, fn_id: str, name: str, payload: tuple[Any, dict[str, Any]]
     ) -> tuple[dict[str, Any], list[Buffer], PlbFuture]:
-        naming: list[str] = []
-        token = _naming_objects.set(naming)
-        try:
-            buffers = protocol.dumps(payload)
-        finally:
-            _naming_objects.reset(token)
+        buffers, broadcasts = pickle_arguments(payload)
         task_id = protocol.new_id("t")
         spec: dict[str, Any] = {
             "id": task_id,
@@ -1210,8 +1111,8 @@ class _Submitter:
             "args": args_text(*payload),
             **self._limits(),
         }
-        if naming:
-            spec["refs"] = list(dict.fromkeys(naming))
+        if broadcasts:
+            spec["refs"] = broadcasts
         return spec, buffers, PlbFuture(self._connection, task_id, name)
 
     def _failed(self, name: str, exc: BaseException) -> PlbFuture:
