@@ -6,13 +6,8 @@
 """
 
 from jupyter_plb.client.broadcast import Broadcast
-from jupyter_plb.client.executor import (
-    Client,
-    ClientView,
-    MapIterator,
-    PlbFuture,
-    as_completed,
-)
+from jupyter_plb.client.executor import Client, ClientView, MapIterator
+from jupyter_plb.client.futures import PlbFuture, as_completed
 from jupyter_plb.core.team import default_user
 
 __all__ = ["Broadcast", "Client", "ClientView", "MapIterator", "PlbFuture", "as_completed", "default_user"]
