@@ -132,10 +132,10 @@ def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> Non
 def test_a_quick_run_of_submits_travels_together_and_result_sends_it(
     ready_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_plb.client import executor as client_module
+    from jupyter_plb.client import connection
 
-    monkeypatch.setattr(client_module, "COALESCE_DELAY", 60.0)  # only a flush sends them
-    monkeypatch.setattr(client_module, "COALESCE_WINDOW", 60.0)
+    monkeypatch.setattr(connection, "COALESCE_DELAY", 60.0)  # only a flush sends them
+    monkeypatch.setattr(connection, "COALESCE_WINDOW", 60.0)
     ready_client.submit(add, 0, 0).result(timeout=20)
     futures = [ready_client.submit(add, i, 1) for i in range(5)]
     assert sum(len(tasks) for tasks, _, _ in ready_client._connection.outbox) == 5

@@ -11,7 +11,7 @@ from jupyter_plb.errors import PlbError
 from jupyter_plb.workers.worker import broadcast_value
 
 if TYPE_CHECKING:
-    from jupyter_plb.client.executor import _Connection
+    from jupyter_plb.client.connection import Connection
 
 
 class Broadcast:
@@ -25,7 +25,7 @@ class Broadcast:
 
     __slots__ = ("__weakref__", "_connection", "_finalizer", "digest", "nbytes", "type_name")
 
-    def __init__(self, conn: _Connection, digest: str, nbytes: int, type_name: str) -> None:
+    def __init__(self, conn: Connection, digest: str, nbytes: int, type_name: str) -> None:
         self._connection = conn
         self.digest = digest
         self.nbytes = nbytes

@@ -1,546 +1,34 @@
-"""Client: the seed's ``sendTask/getTask/cancelTask`` and a ``concurrent.futures``-style API.
-
-One background thread owns the ZeroMQ connection: it forwards what user threads send, receives
-the results the balancer pushes, and resolves futures. Nothing polls the balancer for results.
-"""
+"""The ``concurrent.futures``-style API (``submit``, ``map``, ``run``, ``broadcast``) and the seed's
+``sendTask``/``getTask``/``cancelTask``: :class:`Client` and the views it makes (:class:`ClientView`)."""
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures
 import contextlib
 import hashlib
 import itertools
 import json
-import logging
 import math
 import threading
 import time
-import warnings
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
-
-import zmq
+from typing import Any
 
 from jupyter_plb.client.broadcast import Broadcast
+from jupyter_plb.client.connection import SUBMIT_BATCH, Connection
 from jupyter_plb.client.display import BatchCounter
-from jupyter_plb.client.futures import PlbFuture, rebuild_exception, settle, unpickle
+from jupyter_plb.client.futures import PlbFuture, rebuild_exception
 from jupyter_plb.client.pickling import function_name, pickle_arguments, pickle_function
-from jupyter_plb.core import parameters, protocol, versions
+from jupyter_plb.core import parameters, protocol
 from jupyter_plb.core.argsrepr import args_text
-from jupyter_plb.core.protocol import Buffer, Message, Session
+from jupyter_plb.core.protocol import Buffer
 from jupyter_plb.core.team import default_user
-from jupyter_plb.errors import (
-    BalancerUnreachable,
-    ClientClosed,
-    DeserializationError,
-    PlbError,
-    QueueFull,
-    SerializationError,
-    TaskRejected,
-    UnknownTask,
-    VersionSkewWarning,
-)
-from jupyter_plb.transport import connection, security, sockets
-from jupyter_plb.workers.worker import VERSIONS
+from jupyter_plb.errors import BalancerUnreachable, PlbError, SerializationError
+from jupyter_plb.transport import connection
 
-log = logging.getLogger(__name__)
-
-#: Tasks per submit message when many are sent at once: small enough that the balancer starts
-#: dispatching while the rest are still being pickled.
-SUBMIT_BATCH = 100
 DEFAULT_CONNECT_TIMEOUT = 5.0
-#: Received results are acknowledged in batches of this many, or after this delay.
-ACK_BATCH = 1000
-ACK_DELAY_MS = 200
-#: A submit that follows the previous one this closely waits (at most COALESCE_DELAY) to travel
-#: with the submits after it: a loop of submits becomes a few messages, not one per task.
-#: Asking a waiting future for its result sends it at once.
-COALESCE_WINDOW = 0.0003
-COALESCE_DELAY = 0.001
-#: Task ids per state question (the balancer answers at most 10,000 at a time).
-GET_BATCH = 10_000
-#: While tasks are outstanding and the balancer has been silent this long, say hello again
-#: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
-PING_MS = 1000
-
-
-#: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
-_open_connections: set[_Connection] = set()
-
-
-@atexit.register
-def _close_open_connections() -> None:
-    for conn in list(_open_connections):
-        conn.close()
-
-
-class _Connection:
-    """The socket, its I/O thread and the bookkeeping of tasks in flight.
-
-    Shared by the handles that submit through it (a ``Client`` and its views) and by its pending
-    futures: it stays open while a handle lives or a future is pending, as an executor does.
-    """
-
-    def __init__(self, info: connection.ConnectionInfo, params: parameters.Parameters) -> None:
-        self.info = info
-        self.params = params
-        self.session = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
-        self.receiver = Session(info.key_bytes, max_message_size=params["LB_MAX_MESSAGE_SIZE"])
-        self.curve = security.peer_keys(info, params, "clients")  # None: the balancer has no Curve
-        self.bound_user: str | None = None
-        self.id = protocol.new_id("client")
-        self.context = zmq.Context()
-        self.futures: dict[str, PlbFuture] = {}
-        self.seed_results: dict[str, dict[str, Any]] = {}
-        self.seed_collected: collections.deque[tuple[float, str]] = collections.deque()
-        self.requests: dict[str, concurrent.futures.Future[Message]] = {}
-        self.balancer_id: str | None = None
-        self.max_queued_per_user = 0
-        self.result_retention = 60.0
-        #: Hub id -> what differs between its Python/cloudpickle versions and this client's.
-        self.version_skew: dict[str, str] = {}
-        self.closed = False
-        #: The I/O thread ends after this turn and releases the sockets (nothing holds the connection).
-        self._stopping = False
-        self._handles: set[int] = set()
-        self._handle_keys = itertools.count()
-        self._release_lock = threading.Lock()
-        self._acks: list[str] = []
-        self.unacked: dict[str, tuple[dict[str, Any], list[Buffer]]] = {}
-        self._last_heard = time.monotonic()
-        self._lock = threading.Lock()
-        self._req_counter = itertools.count(1)
-        self.socket = self._dealer(self.id)
-        self._tx = self._dealer(f"{self.id}-tx")
-        self._wake_pull = self.context.socket(zmq.PAIR)
-        self._wake_pull.bind(f"inproc://{self.id}-wake")
-        self._wake = self.context.socket(zmq.PAIR)
-        self._wake.connect(f"inproc://{self.id}-wake")
-        #: Submits waiting to travel together: (task specs with buffers, function id, its buffers).
-        self.outbox: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]] = []
-        self._outbox_lock = threading.Lock()
-        self._last_submit = 0.0
-        self._flush_due = 0.0
-        #: Digests of broadcast references garbage collected, released by the I/O thread.
-        self.releases: collections.deque[str] = collections.deque()
-        #: The broadcast references made through this connection (released when it closes).
-        self.references: weakref.WeakSet[Broadcast] = weakref.WeakSet()
-        self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
-        self._thread.start()
-        _open_connections.add(self)
-
-    # -- lifetime ------------------------------------------------------------------------------
-    def adopt(self, handle: object) -> None:
-        """Keep this connection open while ``handle`` (a Client or one of its views) lives."""
-        key = next(self._handle_keys)
-        self._handles.add(key)
-        weakref.finalize(handle, self._let_go, key).atexit = False
-
-    def _let_go(self, key: int) -> None:
-        """A handle is gone: with none left and nothing in flight, disconnect; with tasks in
-        flight, the I/O thread disconnects once the last of them settles."""
-        self._handles.discard(key)
-        if self.orphaned:
-            self.close()
-
-    @property
-    def orphaned(self) -> bool:
-        """No handle left and no task in flight: nothing can use this connection any more."""
-        return not self._handles and not self.futures and not self.unacked and not self.outbox
-
-    def check_open(self) -> None:
-        if self.closed or self._stopping:
-            raise ClientClosed(
-                "cannot schedule new futures after shutdown: this client is closed; create a new Client()"
-            )
-
-    def _dealer(self, identity: str) -> zmq.Socket:
-        url = self.info.client_url
-        return sockets.connect_dealer(self.context, url, identity, curve=self.curve)
-
-    # -- sending -------------------------------------------------------------------------------
-    def send(self, header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> None:
-        """Sign and send from any thread; replies and results come back to the I/O thread.
-
-        User threads send on their own socket (``-tx``, under a lock) so a submit does not wait for
-        the I/O thread to wake up; the balancer answers to ``reply_to``, the I/O thread's socket.
-        """
-        self.check_open()
-        if self.outbox and header["type"] != "submit":
-            self.flush_submits()  # what follows may name tasks that are still waiting
-        header["reply_to"] = self.id
-        with self._lock:
-            protocol.send(self._tx, self.session.serialize(header, buffers))
-
-    def submit(self, tasks: list[tuple[dict[str, Any], list[Buffer]]], fn_id: str, fn_buffers: list[Buffer]) -> None:
-        """Send tasks of one function now, or, in a quick run of submits, a moment later with the rest."""
-        now = time.monotonic()
-        flush = False
-        with self._outbox_lock:
-            waits = bool(self.outbox) or now - self._last_submit < COALESCE_WINDOW
-            self._last_submit = now
-            if waits:
-                self.outbox.append((tasks, fn_id, fn_buffers))
-                if sum(len(queued) for queued, _, _ in self.outbox) >= SUBMIT_BATCH:
-                    flush = True
-                elif len(self.outbox) == 1:
-                    with contextlib.suppress(zmq.ZMQError):
-                        self._wake.send(b"flush")
-        if flush:
-            self.flush_submits()
-        elif not waits:
-            self._send_submit([(tasks, fn_id, fn_buffers)])
-
-    def flush_submits(self) -> None:
-        """Send the submits that wait, as one message."""
-        with self._outbox_lock:
-            waiting, self.outbox = self.outbox, []
-        if waiting:
-            self._send_submit(waiting)
-
-    def _send_submit(self, parts: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]]) -> None:
-        functions: dict[str, list[Buffer]] = {}
-        for _tasks, fn_id, fn_buffers in parts:
-            functions.setdefault(fn_id, fn_buffers)
-        header = {
-            "type": "submit",
-            "fns": [
-                {"fn": fn_id, "nbuf": len(fn_buffers), "origin": VERSIONS} for fn_id, fn_buffers in functions.items()
-            ],
-            "tasks": [spec for tasks, _, _ in parts for spec, _ in tasks],
-        }
-        buffers = [
-            *(b for fn_buffers in functions.values() for b in fn_buffers),
-            *(b for tasks, _, _ in parts for _, task_buffers in tasks for b in task_buffers),
-        ]
-        req = self.next_request_id()
-        self.unacked[req] = (header, buffers)
-        self.send({**header, "req": req}, buffers)
-
-    def release_later(self, digest: str) -> None:
-        """A broadcast reference was collected: the I/O thread tells the balancer (no blocking here,
-        as the garbage collector may run this in any thread, even one holding a lock of ours)."""
-        if self.closed:
-            return
-        self.releases.append(digest)
-        if self._outbox_lock.acquire(blocking=False):
-            try:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._wake.send(b"release")
-            finally:
-                self._outbox_lock.release()
-
-    def _release_references(self) -> None:
-        """Closing: the references still held are released (the I/O thread sends it before it ends)."""
-        for reference in list(self.references):
-            if reference._finalizer.detach() is not None:
-                self.releases.append(reference.digest)
-
-    def _send_releases(self) -> None:
-        digests: list[str] = []
-        while self.releases:
-            digests.append(self.releases.popleft())
-        if digests:
-            self.send({"type": "release", "digests": digests})
-
-    def next_request_id(self) -> str:
-        return f"r{next(self._req_counter)}"
-
-    def request(
-        self,
-        header: dict[str, Any],
-        buffers: Sequence[Buffer] = (),
-        timeout: float | None = None,
-        explain: bool = True,
-    ) -> Message:
-        """Send and wait for the reply naming the same request id."""
-        req = self.next_request_id()
-        header["req"] = req
-        reply: concurrent.futures.Future[Message] = concurrent.futures.Future()
-        self.requests[req] = reply
-        with contextlib.suppress(zmq.Again):  # no connection (e.g. Curve refused it): told below
-            self.send(header, buffers)
-        wait = timeout if timeout is not None else self.request_timeout
-        try:
-            msg = reply.result(wait)
-        except concurrent.futures.TimeoutError:
-            error = self.unreachable(header["type"], wait) if explain else BalancerUnreachable()
-            raise error from None
-        finally:
-            self.requests.pop(req, None)
-        if msg.type == "error":
-            raise TaskRejected(str(msg.header.get("error")))
-        return msg
-
-    @property
-    def request_timeout(self) -> float:
-        return max(self.params["SOCKET_TIMEOUT"] / 1000 * 10, 5.0)
-
-    def unreachable(self, kind: str, wait: float) -> BalancerUnreachable:
-        """The error for a request without an answer, with the reason when Curve can tell it."""
-        url = self.info.client_url
-        problem = sockets.diagnose(url, self.curve, 1.0) if self.curve else None
-        return BalancerUnreachable(
-            problem
-            or f"the balancer at {url} did not answer {kind!r} within {wait:g} s; "
-            "is it running (`plb start`, or JupyterLab with jupyter_plb)?"
-        )
-
-    def hello(self, timeout: float) -> None:
-        # The answer comes back on the receiving connection; a hello sent before that connection's
-        # handshake ends (CurveZMQ makes it longer) has its answer dropped by the ROUTER: ask again.
-        deadline = time.monotonic() + timeout
-        retry = 0.1
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                header = {"type": "hello", "outstanding": list(self.futures)}
-                msg = self.request(header, timeout=max(0.0, min(retry, left)), explain=False)
-                break
-            except BalancerUnreachable:
-                if time.monotonic() >= deadline:
-                    raise self.unreachable("hello", timeout) from None
-                retry = min(2 * retry, 1.0)
-        self.balancer_id = msg.header.get("balancer")
-        user = msg.header.get("user")
-        self.bound_user = user if isinstance(user, str) and user else None
-        self.max_queued_per_user = int(msg.header.get("max_queued_per_user") or 0)
-        retention = msg.header.get("result_retention")
-        if isinstance(retention, int | float) and retention >= 0:
-            self.result_retention = float(retention)
-        self.check_versions(msg.header.get("hubs"), stacklevel=4)  # Client() in the user's code
-
-    def check_versions(self, hubs: Any, stacklevel: int = 2) -> None:
-        """Warn (VersionSkewWarning) of each hub whose Python minor or cloudpickle version is not ours."""
-        for hub in hubs if isinstance(hubs, list) else []:
-            if not isinstance(hub, dict):
-                continue
-            hub_id = str(hub.get("id"))
-            skew = versions.skew(hub)
-            if skew is None:
-                self.version_skew.pop(hub_id, None)
-            elif self.version_skew.get(hub_id) != skew:
-                self.version_skew[hub_id] = skew
-                warnings.warn(skew, VersionSkewWarning, stacklevel=stacklevel)
-
-    def cancel(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        msg = self.request({"type": "cancel", "ids": ids})
-        return msg.header.get("results", {})
-
-    def cancel_queued(self, ids: list[str]) -> None:
-        """Cancel those of the tasks that no worker holds yet (running ones go on, as in an executor).
-
-        A task that starts between the question and the cancel is cancelled (its worker replaced).
-        """
-        for start in range(0, len(ids), GET_BATCH):
-            reply = self.request({"type": "get", "ids": ids[start : start + GET_BATCH]})
-            tasks = reply.header.get("tasks", {})
-            queued = [task_id for task_id, info in tasks.items() if info.get("state") == "queued"]
-            if queued:
-                self.cancel(queued)
-
-    # -- the I/O thread --------------------------------------------------------------------------
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._wake_pull, zmq.POLLIN)
-        try:
-            while not self._stopping:
-                events = dict(poller.poll(self._poll_timeout()))
-                if not events:
-                    self._send_acks()
-                    self._ping()
-                if self._wake_pull in events:
-                    wake = self._wake_pull.recv()
-                    if wake == b"close":
-                        self._send_releases()
-                        self._send_acks()
-                        break
-                    if wake == b"flush":
-                        self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
-                if self.releases:
-                    self._send_releases()
-                if self._flush_due and time.monotonic() >= self._flush_due:
-                    self._flush_due = 0.0
-                    self.flush_submits()
-                if self.socket in events:
-                    self._receive()
-                if self.orphaned:
-                    self._send_acks()
-                    self._stopping = True
-        except zmq.ContextTerminated:
-            pass
-        except Exception:
-            log.exception("plb client I/O thread failed")
-        finally:
-            self._fail_all(PlbError("the client was closed before the task finished"))
-            if self._stopping:
-                self._release()
-
-    def _poll_timeout(self) -> int | None:
-        if self._flush_due:
-            return max(0, math.ceil((self._flush_due - time.monotonic()) * 1000))
-        if self._acks:
-            return ACK_DELAY_MS
-        return PING_MS if self.futures or self.unacked else None
-
-    def _ping(self) -> None:
-        """Outstanding work and a silent balancer: say hello (it may have restarted)."""
-        if (self.futures or self.unacked) and time.monotonic() - self._last_heard > PING_MS / 1000:
-            self.send({"type": "hello", "outstanding": list(self.futures)[:100_000]})
-
-    def _resend_unacked(self) -> None:
-        if self.unacked:
-            log.info("plb: the balancer restarted; resending %d unacknowledged submission(s)", len(self.unacked))
-        for req, (header, buffers) in list(self.unacked.items()):
-            self.send({**header, "req": req}, buffers)
-
-    def _receive(self) -> None:
-        while cast(int, self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            frames = protocol.recv_ready(self.socket)
-            if frames is None:
-                break
-            try:
-                msg = self.receiver.deserialize(frames)
-            except protocol.ProtocolError as exc:
-                log.warning("plb client dropped a message: %s", exc)
-                continue
-            self._last_heard = time.monotonic()
-            self._handle(msg, self._acks)
-        if len(self._acks) >= ACK_BATCH:
-            self._send_acks()
-
-    def _send_acks(self) -> None:
-        """Tell the balancer which results arrived (they are dropped after the retention)."""
-        if self._acks:
-            acks, self._acks = self._acks, []
-            self.send({"type": "ack", "ids": acks})
-
-    def _handle(self, msg: Message, acks: list[str]) -> None:
-        if msg.type == "replies":  # several replies of one balancer batch, each handled alone
-            for header in msg.header.get("replies", []):
-                if isinstance(header, dict):
-                    self._handle(Message(header), acks)
-            return
-        req = msg.header.get("req")
-        waiting = self.requests.get(req) if req is not None else None
-        # A second message naming the request (hello's "unknown" after "welcome") is handled below.
-        if waiting is not None and not waiting.done():
-            waiting.set_result(msg)
-            if msg.type == "submitted":
-                self._on_submitted(msg)
-            return
-        if msg.type == "results":
-            self._on_results(msg, acks)
-        elif msg.type == "welcome":
-            balancer = msg.header.get("balancer")
-            if balancer != self.balancer_id:
-                self.balancer_id = balancer
-                self._resend_unacked()
-            self.check_versions(msg.header.get("hubs"))
-        elif msg.type == "hub_joined":
-            self.check_versions([msg.header.get("hub")])
-        elif msg.type == "submitted":
-            self._on_submitted(msg)
-        elif msg.type == "progress":
-            fut = self.futures.get(str(msg.header.get("id")))
-            if fut is not None:
-                fut.progress = msg.header.get("progress")
-                fut.state = "running"
-        elif msg.type == "warning":
-            fut = self.futures.get(str(msg.header.get("id")))
-            reason = str(msg.header.get("reason"))
-            if fut is not None:
-                fut.warning = reason
-            log.warning("plb task %s cannot run yet: %s", msg.header.get("id"), reason)
-        elif msg.type == "unknown":
-            resending = {spec.get("id") for header, _ in self.unacked.values() for spec in header["tasks"]}
-            for task_id in msg.header.get("ids", []):
-                if task_id in resending:
-                    continue
-                fut = self.futures.pop(task_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(UnknownTask(f"the balancer lost task {task_id}"))
-
-    def _on_submitted(self, msg: Message) -> None:
-        self.unacked.pop(msg.header.get("req", ""), None)
-        for task_id, reason in msg.header.get("rejected", {}).items():
-            fut = self.futures.pop(task_id, None)
-            if fut is not None and not fut.done():
-                kind = QueueFull if "LB_QUEING_MAXPERUSER" in reason or "LB_MAX_QUEUED" in reason else TaskRejected
-                fut.state = "failed"
-                fut.set_exception(kind(reason))
-        for task_id, reason in msg.header.get("warnings", {}).items():
-            fut = self.futures.get(task_id)
-            if fut is not None:
-                fut.warning = reason
-            log.warning("plb task %s cannot run yet: %s", task_id, reason)
-
-    def _on_results(self, msg: Message, acks: list[str]) -> None:
-        position = 0
-        now = time.time()
-        for info in msg.header.get("results", []):
-            count = int(info.get("nbuf", 0))
-            buffers = msg.buffers[position : position + count]
-            position += count
-            task_id = info.get("id")
-            acks.append(task_id)
-            fut = self.futures.pop(task_id, None)
-            if fut is None:
-                self._cache_seed_result(task_id, info, buffers, now)
-                continue
-            settle(fut, info, buffers)
-
-    def _cache_seed_result(self, task_id: str, info: dict[str, Any], buffers: Sequence[Buffer], now: float) -> None:
-        entry = dict(info)
-        if info.get("state") == "done":
-            try:
-                entry["value"] = unpickle(buffers)
-            except DeserializationError as exc:
-                entry["state"] = "failed"
-                entry["error"] = {"type": "DeserializationError", "message": str(exc)}
-        self.seed_results[task_id] = entry
-
-    def _fail_all(self, exc: PlbError) -> None:
-        for fut in list(self.futures.values()):
-            if not fut.done():
-                fut.set_exception(exc)
-        self.futures.clear()
-
-    def expire_seed_results(self) -> None:
-        now = time.time()
-        while self.seed_collected and self.seed_collected[0][0] <= now:
-            _, task_id = self.seed_collected.popleft()
-            self.seed_results.pop(task_id, None)
-
-    def close(self) -> None:
-        """Disconnect: submits that wait are sent first; futures still pending fail."""
-        if threading.current_thread() is self._thread:
-            self._stopping = True  # the loop ends after this turn and releases the sockets
-            return
-        if not self.closed and not self._stopping:
-            with contextlib.suppress(PlbError):
-                self.flush_submits()
-            self._release_references()
-            with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
-                self._wake.send(b"close")
-        self._thread.join(5)
-        self._release()
-
-    def _release(self) -> None:
-        """Close the sockets and the context, once, whichever thread ends the connection."""
-        with self._release_lock, self._outbox_lock, self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            for sock in (self._wake, self._wake_pull, self._tx, self.socket):
-                sock.close(linger=0)
-        self.context.term()
-        _open_connections.discard(self)
 
 
 class _Batch:
@@ -690,7 +178,7 @@ def _input_length(iterables: Sequence[Iterable[Any]]) -> int | None:
 class _Submitter:
     """The submitting API, shared by Client and the views ``Client.options(...)`` returns."""
 
-    _connection: _Connection
+    _connection: Connection
     _defaults: dict[str, Any]
 
     # -- concurrent.futures-style API ------------------------------------------------------------
@@ -1018,7 +506,7 @@ class _Submitter:
 class ClientView(_Submitter):
     """The same connection with other defaults (``Client.options``)."""
 
-    def __init__(self, conn: _Connection, defaults: dict[str, Any]) -> None:
+    def __init__(self, conn: Connection, defaults: dict[str, Any]) -> None:
         self._connection = conn
         self._defaults = defaults
         conn.adopt(self)
@@ -1050,7 +538,7 @@ class Client(_Submitter):
             info = connection.from_parameters(loaded)
         else:
             info = connection.read(connection.resolve_path(loaded))
-        self._connection = _Connection(info, loaded)
+        self._connection = Connection(info, loaded)
         self._connection.adopt(self)  # open while this client, a view of it or a pending future lives
         self._defaults = {"user": user or default_user(), "priority": priority, "timeout": timeout, "retries": retries}
         try:
@@ -1095,6 +583,3 @@ class Client(_Submitter):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
-
-
-wait = concurrent.futures.wait

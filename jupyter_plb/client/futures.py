@@ -23,7 +23,7 @@ from jupyter_plb.errors import (
 )
 
 if TYPE_CHECKING:
-    from jupyter_plb.client.executor import _Connection
+    from jupyter_plb.client.connection import Connection
 
 
 class PlbFuture(concurrent.futures.Future):
@@ -34,7 +34,7 @@ class PlbFuture(concurrent.futures.Future):
     when no connected worker can take it.
     """
 
-    def __init__(self, client: _Connection | None, task_id: str, name: str) -> None:
+    def __init__(self, client: Connection | None, task_id: str, name: str) -> None:
         super().__init__()
         self._connection = client
         self.task_id = task_id

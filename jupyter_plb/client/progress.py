@@ -130,5 +130,3 @@ def _futures(target: Iterable[Any]) -> list[Any]:
     if strangers:
         raise TypeError(f"progress() takes futures, got a {type(strangers[0]).__name__} among them")
     return futures
-
-
