@@ -132,17 +132,17 @@ def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> Non
 def test_a_quick_run_of_submits_travels_together_and_result_sends_it(
     ready_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_plb.client import connection
+    from jupyter_plb.client import outbox
 
-    monkeypatch.setattr(connection, "COALESCE_DELAY", 60.0)  # only a flush sends them
-    monkeypatch.setattr(connection, "COALESCE_WINDOW", 60.0)
+    monkeypatch.setattr(outbox, "COALESCE_DELAY", 60.0)  # only a flush sends them
+    monkeypatch.setattr(outbox, "COALESCE_WINDOW", 60.0)
     ready_client.submit(add, 0, 0).result(timeout=20)
     futures = [ready_client.submit(add, i, 1) for i in range(5)]
-    assert sum(len(tasks) for tasks, _, _ in ready_client._connection.outbox) == 5
+    assert sum(len(tasks) for tasks, _, _ in ready_client._connection.outbox.waiting) == 5
     assert futures[2].result(timeout=20) == 3, "asking for a result sends what waits"
-    assert ready_client._connection.outbox == []
+    assert ready_client._connection.outbox.waiting == []
     assert [f.result(timeout=20) for f in futures] == [1, 2, 3, 4, 5]
     waiting = ready_client.submit(add, 40, 2)
-    assert ready_client._connection.outbox, "it waits for the submits that may follow"
+    assert ready_client._connection.outbox.waiting, "it waits for the submits that may follow"
     assert ready_client.status()["totals"]["submitted"] >= 7, "any other request sends it first"
     assert waiting.result(timeout=20) == 42

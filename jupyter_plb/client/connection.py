@@ -12,7 +12,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import math
 import threading
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from jupyter_plb.client.futures import PlbFuture, settle, unpickle
+from jupyter_plb.client.outbox import Outbox
 from jupyter_plb.core import parameters, protocol, versions
 from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.errors import (
@@ -36,30 +36,20 @@ from jupyter_plb.errors import (
     VersionSkewWarning,
 )
 from jupyter_plb.transport import connection, security, sockets
-from jupyter_plb.workers.worker import VERSIONS
 
 if TYPE_CHECKING:
     from jupyter_plb.client.broadcast import Broadcast
 
 log = logging.getLogger(__name__)
 
-#: Tasks per submit message when many are sent at once: small enough that the balancer starts
-#: dispatching while the rest are still being pickled.
-SUBMIT_BATCH = 100
 #: Received results are acknowledged in batches of this many, or after this delay.
 ACK_BATCH = 1000
 ACK_DELAY_MS = 200
-#: A submit that follows the previous one this closely waits (at most COALESCE_DELAY) to travel
-#: with the submits after it: a loop of submits becomes a few messages, not one per task.
-#: Asking a waiting future for its result sends it at once.
-COALESCE_WINDOW = 0.0003
-COALESCE_DELAY = 0.001
 #: Task ids per state question (the balancer answers at most 10,000 at a time).
 GET_BATCH = 10_000
 #: While tasks are outstanding and the balancer has been silent this long, say hello again
 #: (a restarted balancer then resends finished results, and unacknowledged submits are resent).
 PING_MS = 1000
-
 
 #: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
 _open_connections: set[Connection] = set()
@@ -72,7 +62,7 @@ def _close_open_connections() -> None:
 
 
 class Connection:
-    """The socket, its I/O thread and the bookkeeping of tasks in flight.
+    """The sockets, their I/O thread and the bookkeeping of tasks in flight.
 
     Shared by the handles that submit through it (a ``Client`` and its views) and by its pending
     futures: it stays open while a handle lives or a future is pending, as an executor does.
@@ -103,7 +93,6 @@ class Connection:
         self._handle_keys = itertools.count()
         self._release_lock = threading.Lock()
         self._acks: list[str] = []
-        self.unacked: dict[str, tuple[dict[str, Any], list[Buffer]]] = {}
         self._last_heard = time.monotonic()
         self._lock = threading.Lock()
         self._req_counter = itertools.count(1)
@@ -113,11 +102,8 @@ class Connection:
         self._wake_pull.bind(f"inproc://{self.id}-wake")
         self._wake = self.context.socket(zmq.PAIR)
         self._wake.connect(f"inproc://{self.id}-wake")
-        #: Submits waiting to travel together: (task specs with buffers, function id, its buffers).
-        self.outbox: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]] = []
-        self._outbox_lock = threading.Lock()
-        self._last_submit = 0.0
-        self._flush_due = 0.0
+        self._wake_lock = threading.Lock()
+        self.outbox = Outbox(self)
         #: Digests of broadcast references garbage collected, released by the I/O thread.
         self.releases: collections.deque[str] = collections.deque()
         #: The broadcast references made through this connection (released when it closes).
@@ -143,7 +129,8 @@ class Connection:
     @property
     def orphaned(self) -> bool:
         """No handle left and no task in flight: nothing can use this connection any more."""
-        return not self._handles and not self.futures and not self.unacked and not self.outbox
+        outbox = self.outbox
+        return not self._handles and not self.futures and not outbox.unacked and not outbox.waiting
 
     def check_open(self) -> None:
         if self.closed or self._stopping:
@@ -163,56 +150,16 @@ class Connection:
         the I/O thread to wake up; the balancer answers to ``reply_to``, the I/O thread's socket.
         """
         self.check_open()
-        if self.outbox and header["type"] != "submit":
-            self.flush_submits()  # what follows may name tasks that are still waiting
+        if self.outbox.waiting and header["type"] != "submit":
+            self.outbox.flush()  # what follows may name tasks that are still waiting
         header["reply_to"] = self.id
         with self._lock:
             protocol.send(self._tx, self.session.serialize(header, buffers))
 
-    def submit(self, tasks: list[tuple[dict[str, Any], list[Buffer]]], fn_id: str, fn_buffers: list[Buffer]) -> None:
-        """Send tasks of one function now, or, in a quick run of submits, a moment later with the rest."""
-        now = time.monotonic()
-        flush = False
-        with self._outbox_lock:
-            waits = bool(self.outbox) or now - self._last_submit < COALESCE_WINDOW
-            self._last_submit = now
-            if waits:
-                self.outbox.append((tasks, fn_id, fn_buffers))
-                if sum(len(queued) for queued, _, _ in self.outbox) >= SUBMIT_BATCH:
-                    flush = True
-                elif len(self.outbox) == 1:
-                    with contextlib.suppress(zmq.ZMQError):
-                        self._wake.send(b"flush")
-        if flush:
-            self.flush_submits()
-        elif not waits:
-            self._send_submit([(tasks, fn_id, fn_buffers)])
-
-    def flush_submits(self) -> None:
-        """Send the submits that wait, as one message."""
-        with self._outbox_lock:
-            waiting, self.outbox = self.outbox, []
-        if waiting:
-            self._send_submit(waiting)
-
-    def _send_submit(self, parts: list[tuple[list[tuple[dict[str, Any], list[Buffer]]], str, list[Buffer]]]) -> None:
-        functions: dict[str, list[Buffer]] = {}
-        for _tasks, fn_id, fn_buffers in parts:
-            functions.setdefault(fn_id, fn_buffers)
-        header = {
-            "type": "submit",
-            "fns": [
-                {"fn": fn_id, "nbuf": len(fn_buffers), "origin": VERSIONS} for fn_id, fn_buffers in functions.items()
-            ],
-            "tasks": [spec for tasks, _, _ in parts for spec, _ in tasks],
-        }
-        buffers = [
-            *(b for fn_buffers in functions.values() for b in fn_buffers),
-            *(b for tasks, _, _ in parts for _, task_buffers in tasks for b in task_buffers),
-        ]
-        req = self.next_request_id()
-        self.unacked[req] = (header, buffers)
-        self.send({**header, "req": req}, buffers)
+    def wake(self, reason: bytes) -> None:
+        """Wake the I/O thread from any thread: ``flush`` the outbox soon, or ``close``."""
+        with contextlib.suppress(zmq.ZMQError), self._wake_lock:
+            self._wake.send(reason)
 
     def release_later(self, digest: str) -> None:
         """A broadcast reference was collected: the I/O thread tells the balancer (no blocking here,
@@ -220,12 +167,12 @@ class Connection:
         if self.closed:
             return
         self.releases.append(digest)
-        if self._outbox_lock.acquire(blocking=False):
+        if self._wake_lock.acquire(blocking=False):
             try:
                 with contextlib.suppress(zmq.ZMQError):
                     self._wake.send(b"release")
             finally:
-                self._outbox_lock.release()
+                self._wake_lock.release()
 
     def _release_references(self) -> None:
         """Closing: the references still held are released (the I/O thread sends it before it ends)."""
@@ -341,6 +288,7 @@ class Connection:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
+        outbox = self.outbox
         try:
             while not self._stopping:
                 events = dict(poller.poll(self._poll_timeout()))
@@ -354,12 +302,10 @@ class Connection:
                         self._send_acks()
                         break
                     if wake == b"flush":
-                        self._flush_due = self._flush_due or time.monotonic() + COALESCE_DELAY
+                        outbox.flush_soon()
                 if self.releases:
                     self._send_releases()
-                if self._flush_due and time.monotonic() >= self._flush_due:
-                    self._flush_due = 0.0
-                    self.flush_submits()
+                outbox.flush_if_due()
                 if self.socket in events:
                     self._receive()
                 if self.orphaned:
@@ -375,22 +321,17 @@ class Connection:
                 self._release()
 
     def _poll_timeout(self) -> int | None:
-        if self._flush_due:
-            return max(0, math.ceil((self._flush_due - time.monotonic()) * 1000))
+        flush = self.outbox.ms_to_flush()
+        if flush is not None:
+            return flush
         if self._acks:
             return ACK_DELAY_MS
-        return PING_MS if self.futures or self.unacked else None
+        return PING_MS if self.futures or self.outbox.unacked else None
 
     def _ping(self) -> None:
         """Outstanding work and a silent balancer: say hello (it may have restarted)."""
-        if (self.futures or self.unacked) and time.monotonic() - self._last_heard > PING_MS / 1000:
+        if (self.futures or self.outbox.unacked) and time.monotonic() - self._last_heard > PING_MS / 1000:
             self.send({"type": "hello", "outstanding": list(self.futures)[:100_000]})
-
-    def _resend_unacked(self) -> None:
-        if self.unacked:
-            log.info("plb: the balancer restarted; resending %d unacknowledged submission(s)", len(self.unacked))
-        for req, (header, buffers) in list(self.unacked.items()):
-            self.send({**header, "req": req}, buffers)
 
     def _receive(self) -> None:
         while cast(int, self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -433,7 +374,7 @@ class Connection:
             balancer = msg.header.get("balancer")
             if balancer != self.balancer_id:
                 self.balancer_id = balancer
-                self._resend_unacked()
+                self.outbox.resend()
             self.check_versions(msg.header.get("hubs"))
         elif msg.type == "hub_joined":
             self.check_versions([msg.header.get("hub")])
@@ -451,7 +392,7 @@ class Connection:
                 fut.warning = reason
             log.warning("plb task %s cannot run yet: %s", msg.header.get("id"), reason)
         elif msg.type == "unknown":
-            resending = {spec.get("id") for header, _ in self.unacked.values() for spec in header["tasks"]}
+            resending = self.outbox.unacked_tasks()
             for task_id in msg.header.get("ids", []):
                 if task_id in resending:
                     continue
@@ -460,7 +401,7 @@ class Connection:
                     fut.set_exception(UnknownTask(f"the balancer lost task {task_id}"))
 
     def _on_submitted(self, msg: Message) -> None:
-        self.unacked.pop(msg.header.get("req", ""), None)
+        self.outbox.unacked.pop(msg.header.get("req", ""), None)
         for task_id, reason in msg.header.get("rejected", {}).items():
             fut = self.futures.pop(task_id, None)
             if fut is not None and not fut.done():
@@ -517,16 +458,15 @@ class Connection:
             return
         if not self.closed and not self._stopping:
             with contextlib.suppress(PlbError):
-                self.flush_submits()
+                self.outbox.flush()
             self._release_references()
-            with contextlib.suppress(zmq.ZMQError), self._outbox_lock:
-                self._wake.send(b"close")
+            self.wake(b"close")
         self._thread.join(5)
         self._release()
 
     def _release(self) -> None:
         """Close the sockets and the context, once, whichever thread ends the connection."""
-        with self._release_lock, self._outbox_lock, self._lock:
+        with self._release_lock, self._wake_lock, self._lock:
             if self.closed:
                 return
             self.closed = True

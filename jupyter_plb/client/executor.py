@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_plb.client.broadcast import Broadcast
-from jupyter_plb.client.connection import SUBMIT_BATCH, Connection
+from jupyter_plb.client.connection import Connection
 from jupyter_plb.client.display import BatchCounter
 from jupyter_plb.client.futures import PlbFuture, rebuild_exception
+from jupyter_plb.client.outbox import SUBMIT_BATCH
 from jupyter_plb.client.pickling import function_name, pickle_arguments, pickle_function
 from jupyter_plb.core import parameters, protocol
 from jupyter_plb.core.argsrepr import args_text
@@ -467,7 +468,7 @@ class _Submitter:
         conn.check_open()
         for spec, _buffers, fut in tasks:
             conn.futures[spec["id"]] = fut
-        conn.submit([(spec, buffers) for spec, buffers, _ in tasks], fn_id, fn_buffers)
+        conn.outbox.add([(spec, buffers) for spec, buffers, _ in tasks], fn_id, fn_buffers)
 
     # -- information ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

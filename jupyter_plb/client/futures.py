@@ -51,13 +51,15 @@ class PlbFuture(concurrent.futures.Future):
         self.warning: str | None = None
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._connection is not None and self._connection.outbox:
-            self._connection.flush_submits()
+        conn = self._connection
+        if conn is not None and conn.outbox.waiting:
+            conn.outbox.flush()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._connection is not None and self._connection.outbox:
-            self._connection.flush_submits()
+        conn = self._connection
+        if conn is not None and conn.outbox.waiting:
+            conn.outbox.flush()
         return super().exception(timeout)
 
     def cancel(self) -> bool:
