@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
-from jupyter_plb.client.futures import PlbFuture, settle, unpickle
+from jupyter_plb.client.futures import PlbFuture, settle
 from jupyter_plb.client.outbox import Outbox
+from jupyter_plb.client.seed_results import SeedResults
 from jupyter_plb.core import parameters, protocol, versions
 from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.errors import (
     BalancerUnreachable,
     ClientClosed,
-    DeserializationError,
     PlbError,
     QueueFull,
     TaskRejected,
@@ -78,12 +78,10 @@ class Connection:
         self.id = protocol.new_id("client")
         self.context = zmq.Context()
         self.futures: dict[str, PlbFuture] = {}
-        self.seed_results: dict[str, dict[str, Any]] = {}
-        self.seed_collected: collections.deque[tuple[float, str]] = collections.deque()
+        self.seed_results = SeedResults()
         self.requests: dict[str, concurrent.futures.Future[Message]] = {}
         self.balancer_id: str | None = None
         self.max_queued_per_user = 0
-        self.result_retention = 60.0
         #: Hub id -> what differs between its Python/cloudpickle versions and this client's.
         self.version_skew: dict[str, str] = {}
         self.closed = False
@@ -251,7 +249,7 @@ class Connection:
         self.max_queued_per_user = int(msg.header.get("max_queued_per_user") or 0)
         retention = msg.header.get("result_retention")
         if isinstance(retention, int | float) and retention >= 0:
-            self.result_retention = float(retention)
+            self.seed_results.retention = float(retention)
         self.check_versions(msg.header.get("hubs"), stacklevel=4)  # Client() in the user's code
 
     def check_versions(self, hubs: Any, stacklevel: int = 2) -> None:
@@ -416,7 +414,6 @@ class Connection:
 
     def _on_results(self, msg: Message, acks: list[str]) -> None:
         position = 0
-        now = time.time()
         for info in msg.header.get("results", []):
             count = int(info.get("nbuf", 0))
             buffers = msg.buffers[position : position + count]
@@ -425,31 +422,15 @@ class Connection:
             acks.append(task_id)
             fut = self.futures.pop(task_id, None)
             if fut is None:
-                self._cache_seed_result(task_id, info, buffers, now)
+                self.seed_results.store(task_id, info, buffers)
                 continue
             settle(fut, info, buffers)
-
-    def _cache_seed_result(self, task_id: str, info: dict[str, Any], buffers: Sequence[Buffer], now: float) -> None:
-        entry = dict(info)
-        if info.get("state") == "done":
-            try:
-                entry["value"] = unpickle(buffers)
-            except DeserializationError as exc:
-                entry["state"] = "failed"
-                entry["error"] = {"type": "DeserializationError", "message": str(exc)}
-        self.seed_results[task_id] = entry
 
     def _fail_all(self, exc: PlbError) -> None:
         for fut in list(self.futures.values()):
             if not fut.done():
                 fut.set_exception(exc)
         self.futures.clear()
-
-    def expire_seed_results(self) -> None:
-        now = time.time()
-        while self.seed_collected and self.seed_collected[0][0] <= now:
-            _, task_id = self.seed_collected.popleft()
-            self.seed_results.pop(task_id, None)
 
     def close(self) -> None:
         """Disconnect: submits that wait are sent first; futures still pending fail."""

@@ -356,16 +356,13 @@ class _Submitter:
         """``{'progress', 'result'}`` for one id, ``{id: {...}}`` for a list; progress None if unknown."""
         ids = [taskid] if isinstance(taskid, str) else list(taskid)
         conn = self._connection
-        conn.expire_seed_results()
+        conn.seed_results.expire()
         answers: dict[str, dict[str, Any]] = {}
         missing = []
         for task_id in ids:
-            cached = conn.seed_results.get(task_id)
+            cached = conn.seed_results.collect(task_id)
             if cached is not None:
                 answers[task_id] = self._seed_answer(cached)
-                if not cached.get("collected"):
-                    cached["collected"] = True
-                    conn.seed_collected.append((time.time() + conn.result_retention, task_id))
             else:
                 missing.append(task_id)
         if missing:
@@ -385,11 +382,8 @@ class _Submitter:
                 buffers = reply.buffers[position : position + count]
                 position += count
                 if result:
-                    info = {**info, **result}
-                    conn._cache_seed_result(task_id, info, buffers, time.time())
-                    entry = conn.seed_results[task_id]
-                    entry["collected"] = True
-                    conn.seed_collected.append((time.time() + conn.result_retention, task_id))
+                    entry = conn.seed_results.store(task_id, {**info, **result}, buffers)
+                    conn.seed_results.collect(task_id)
                     answers[task_id] = self._seed_answer(entry)
                 else:
                     answers[task_id] = self._seed_answer(info)
@@ -419,7 +413,7 @@ class _Submitter:
 
     def cancelTask(self, taskid: str) -> dict[str, Any]:
         """Cancel a queued or running task: ``{'deleted': bool, 'from': 'queue'|'pending'|'done'|None}``."""
-        self._connection.seed_results.pop(taskid, None)
+        self._connection.seed_results.discard(taskid)
         try:
             result = self._connection.cancel([taskid]).get(taskid, {})
         except PlbError as exc:
