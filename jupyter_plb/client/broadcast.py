@@ -1,7 +1,9 @@
-"""A reference to an object the balancer keeps for tasks to take as an argument (``Client.broadcast``)."""
+"""References to objects the balancer keeps for tasks to take as an argument (``Client.broadcast``),
+and their release when they are dropped."""
 
 from __future__ import annotations
 
+import collections
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,7 @@ class Broadcast:
         self.digest = digest
         self.nbytes = nbytes
         self.type_name = type_name
-        self._finalizer = weakref.finalize(self, conn.release_later, digest)
+        self._finalizer = weakref.finalize(self, conn.references.collected, digest)
         conn.references.add(self)
 
     @property
@@ -63,3 +65,39 @@ class Broadcast:
     def __repr__(self) -> str:
         state = " released" if self.released else ""
         return f"<Broadcast {self.digest} {self.type_name} {self.nbytes} bytes{state}>"
+
+
+class References:
+    """The broadcast references made through one connection, and the digests to release: those of
+    references garbage collected, and, when the connection closes, of all still held."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._connection = conn
+        self._made: weakref.WeakSet[Broadcast] = weakref.WeakSet()
+        #: Digests the I/O thread is to tell the balancer to release.
+        self.to_release: collections.deque[str] = collections.deque()
+
+    def add(self, reference: Broadcast) -> None:
+        self._made.add(reference)
+
+    def collected(self, digest: str) -> None:
+        """A reference was garbage collected: the I/O thread tells the balancer (no blocking here,
+        as the garbage collector may run this in any thread, even one holding a lock of ours)."""
+        if self._connection.closed:
+            return
+        self.to_release.append(digest)
+        self._connection.wake(b"release", block=False)
+
+    def release_all(self) -> None:
+        """Closing: the references still held are released (the I/O thread sends it before it ends)."""
+        for reference in list(self._made):
+            if reference._finalizer.detach() is not None:
+                self.to_release.append(reference.digest)
+
+    def send_releases(self) -> None:
+        """Tell the balancer the digests to release (on the I/O thread)."""
+        digests: list[str] = []
+        while self.to_release:
+            digests.append(self.to_release.popleft())
+        if digests:
+            self._connection.send({"type": "release", "digests": digests})

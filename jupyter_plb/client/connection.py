@@ -7,7 +7,6 @@ the results the balancer pushes, and resolves futures. Nothing polls the balance
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -17,10 +16,11 @@ import time
 import warnings
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import zmq
 
+from jupyter_plb.client.broadcast import References
 from jupyter_plb.client.futures import PlbFuture, settle
 from jupyter_plb.client.outbox import Outbox
 from jupyter_plb.client.seed_results import SeedResults
@@ -36,9 +36,6 @@ from jupyter_plb.errors import (
     VersionSkewWarning,
 )
 from jupyter_plb.transport import connection, security, sockets
-
-if TYPE_CHECKING:
-    from jupyter_plb.client.broadcast import Broadcast
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +99,7 @@ class Connection:
         self._wake.connect(f"inproc://{self.id}-wake")
         self._wake_lock = threading.Lock()
         self.outbox = Outbox(self)
-        #: Digests of broadcast references garbage collected, released by the I/O thread.
-        self.releases: collections.deque[str] = collections.deque()
-        #: The broadcast references made through this connection (released when it closes).
-        self.references: weakref.WeakSet[Broadcast] = weakref.WeakSet()
+        self.references = References(self)
         self._thread = threading.Thread(target=self._run, name=f"plb-{self.id}", daemon=True)
         self._thread.start()
         _open_connections.add(self)
@@ -154,36 +148,16 @@ class Connection:
         with self._lock:
             protocol.send(self._tx, self.session.serialize(header, buffers))
 
-    def wake(self, reason: bytes) -> None:
-        """Wake the I/O thread from any thread: ``flush`` the outbox soon, or ``close``."""
-        with contextlib.suppress(zmq.ZMQError), self._wake_lock:
-            self._wake.send(reason)
-
-    def release_later(self, digest: str) -> None:
-        """A broadcast reference was collected: the I/O thread tells the balancer (no blocking here,
-        as the garbage collector may run this in any thread, even one holding a lock of ours)."""
-        if self.closed:
+    def wake(self, reason: bytes, block: bool = True) -> None:
+        """Wake the I/O thread from any thread (``flush``, ``release``, ``close``); without ``block``,
+        only if no other thread is waking it at that moment."""
+        if not self._wake_lock.acquire(blocking=block):
             return
-        self.releases.append(digest)
-        if self._wake_lock.acquire(blocking=False):
-            try:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._wake.send(b"release")
-            finally:
-                self._wake_lock.release()
-
-    def _release_references(self) -> None:
-        """Closing: the references still held are released (the I/O thread sends it before it ends)."""
-        for reference in list(self.references):
-            if reference._finalizer.detach() is not None:
-                self.releases.append(reference.digest)
-
-    def _send_releases(self) -> None:
-        digests: list[str] = []
-        while self.releases:
-            digests.append(self.releases.popleft())
-        if digests:
-            self.send({"type": "release", "digests": digests})
+        try:
+            with contextlib.suppress(zmq.ZMQError):
+                self._wake.send(reason)
+        finally:
+            self._wake_lock.release()
 
     def next_request_id(self) -> str:
         return f"r{next(self._req_counter)}"
@@ -286,7 +260,7 @@ class Connection:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
-        outbox = self.outbox
+        outbox, references = self.outbox, self.references
         try:
             while not self._stopping:
                 events = dict(poller.poll(self._poll_timeout()))
@@ -296,13 +270,13 @@ class Connection:
                 if self._wake_pull in events:
                     wake = self._wake_pull.recv()
                     if wake == b"close":
-                        self._send_releases()
+                        references.send_releases()
                         self._send_acks()
                         break
                     if wake == b"flush":
                         outbox.flush_soon()
-                if self.releases:
-                    self._send_releases()
+                if references.to_release:
+                    references.send_releases()
                 outbox.flush_if_due()
                 if self.socket in events:
                     self._receive()
@@ -440,7 +414,7 @@ class Connection:
         if not self.closed and not self._stopping:
             with contextlib.suppress(PlbError):
                 self.outbox.flush()
-            self._release_references()
+            self.references.release_all()
             self.wake(b"close")
         self._thread.join(5)
         self._release()
