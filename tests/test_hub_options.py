@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_plb.client import Client
-from jupyter_plb.client import executor as client_module
+from jupyter_plb.client import Client, outbox
 from jupyter_plb.cluster.launch import LocalCluster
 from jupyter_plb.errors import DeserializationError, TaskFailed, WorkerLost, WorkerMemoryExceeded
 from jupyter_plb.workers.spawn import stop_process
@@ -243,7 +242,7 @@ def test_hub_identity_and_version_mismatch_are_named(
     with pytest.raises((DeserializationError, TaskFailed)) as same:
         ready_client.submit(only_on_the_client.double, 2).result(timeout=20)
     assert "both run Python" in str(same.value) and "not installed" in str(same.value)
-    monkeypatch.setattr(client_module, "VERSIONS", "Python 3.99.0, cloudpickle 0.1.0")
+    monkeypatch.setattr(outbox, "VERSIONS", "Python 3.99.0, cloudpickle 0.1.0")
     with pytest.raises((DeserializationError, TaskFailed)) as other:
         ready_client.submit(only_on_the_client.triple, 3).result(timeout=20)
     message = str(other.value)

@@ -8,6 +8,7 @@ import pytest
 import zmq
 
 from jupyter_plb.client import Client
+from jupyter_plb.client.pickling import pickle_function
 from jupyter_plb.core import protocol
 from jupyter_plb.core.protocol import Session
 from jupyter_plb.errors import DeserializationError, IntegrityError, ProtocolError
@@ -116,13 +117,13 @@ def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
 
 
 def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> None:
-    assert ready_client._pickle_function(add) is ready_client._pickle_function(add)
+    assert pickle_function(add) is pickle_function(add)
     closure_value = 5
 
     def closure(x: int) -> int:
         return x + closure_value
 
-    first, second = ready_client._pickle_function(closure), ready_client._pickle_function(closure)
+    first, second = pickle_function(closure), pickle_function(closure)
     assert first is not second and first[1] == second[1]
     assert ready_client.submit(closure, 1).result(timeout=20) == 6
     assert ready_client.submit(add, 1, 2).result(timeout=20) == 3
@@ -131,17 +132,17 @@ def test_functions_pickled_by_name_are_pickled_once(ready_client: Client) -> Non
 def test_a_quick_run_of_submits_travels_together_and_result_sends_it(
     ready_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_plb.client import executor as client_module
+    from jupyter_plb.client import outbox
 
-    monkeypatch.setattr(client_module, "COALESCE_DELAY", 60.0)  # only a flush sends them
-    monkeypatch.setattr(client_module, "COALESCE_WINDOW", 60.0)
+    monkeypatch.setattr(outbox, "COALESCE_DELAY", 60.0)  # only a flush sends them
+    monkeypatch.setattr(outbox, "COALESCE_WINDOW", 60.0)
     ready_client.submit(add, 0, 0).result(timeout=20)
     futures = [ready_client.submit(add, i, 1) for i in range(5)]
-    assert sum(len(tasks) for tasks, _, _ in ready_client._connection.outbox) == 5
+    assert sum(len(tasks) for tasks, _, _ in ready_client._connection.outbox.waiting) == 5
     assert futures[2].result(timeout=20) == 3, "asking for a result sends what waits"
-    assert ready_client._connection.outbox == []
+    assert ready_client._connection.outbox.waiting == []
     assert [f.result(timeout=20) for f in futures] == [1, 2, 3, 4, 5]
     waiting = ready_client.submit(add, 40, 2)
-    assert ready_client._connection.outbox, "it waits for the submits that may follow"
+    assert ready_client._connection.outbox.waiting, "it waits for the submits that may follow"
     assert ready_client.status()["totals"]["submitted"] >= 7, "any other request sends it first"
     assert waiting.result(timeout=20) == 42

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Collection, Iterable
 from typing import IO, Any
 
+from jupyter_plb.client.batches import MapIterator
 from jupyter_plb.client.display import BatchCounter, LiveProgress, ProgressLine, ProgressView, in_kernel
 
 #: Running tasks asked of the balancer per refresh (to split running from queued).
@@ -106,8 +107,6 @@ def progress(
 
 def _follow(target: Any) -> tuple[BatchCounter, str, Callable[[], Collection[str]] | None]:
     """A counter of the target's futures, a label, and how to ask which of them run."""
-    from jupyter_plb.client.executor import MapIterator
-
     if isinstance(target, MapIterator):
         batch = target.batch
         counter = BatchCounter(total=batch.task_count) if batch.task_count is not None else BatchCounter(growing=True)
@@ -130,5 +129,3 @@ def _futures(target: Iterable[Any]) -> list[Any]:
     if strangers:
         raise TypeError(f"progress() takes futures, got a {type(strangers[0]).__name__} among them")
     return futures
-
-

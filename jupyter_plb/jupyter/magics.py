@@ -45,7 +45,7 @@ REMEMBERED = 100_000
 CELL_FILE = "<plb cell>"
 CELL_NAME = "<cell>"
 #: Futures display as live widgets in a kernel (looked up by name: no import at load time).
-FUTURE_TYPE = ("jupyter_plb.client.executor", "PlbFuture")
+FUTURE_TYPE = ("jupyter_plb.client.futures", "PlbFuture")
 
 Namespace = dict[str, Any]
 
