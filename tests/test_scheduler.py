@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_plb.core.scheduler import _COMPACT_SLACK, Scheduler, Slot
+from jupyter_plb.core.scheduler import _COMPACT_SLACK, Scheduler, Slot, unschedulable_reason
 from jupyter_plb.core.tasks import Task
 from jupyter_plb.errors import QueueFull, TaskRejected
 
@@ -79,8 +79,8 @@ def test_bounds_are_inclusive_and_unfit_tasks_are_explained() -> None:
     s.add_slot("b", "hub", 10, 99, ANY)
     edge = task("edge", "u", priority=99)
     gap = task("gap", "u", priority=9.5)
-    assert s.unschedulable_reason(edge) is None
-    reason = s.unschedulable_reason(gap)
+    assert unschedulable_reason(edge, s.slots.values()) is None
+    reason = unschedulable_reason(gap, s.slots.values())
     assert reason is not None and "priority 9.5" in reason and "0–9, 10–99" in reason
 
 
@@ -92,7 +92,7 @@ def test_named_tasks_only_go_to_slots_that_offer_them() -> None:
     s.submit(task("f", "u"))
     placed = {t.id: slot.id for slot, t in s.dispatch()}
     assert placed == {"h": "hello", "f": "plain"}
-    reason = s.unschedulable_reason(task("x", "u", route="BYE"))
+    reason = unschedulable_reason(task("x", "u", route="BYE"), s.slots.values())
     assert reason is not None and "'BYE'" in reason and "HELLO" in reason
 
 

@@ -18,6 +18,7 @@ from jupyter_plb.balancer.state import (
 from jupyter_plb.core import protocol, team, versions
 from jupyter_plb.core.history import MAX_ARGS
 from jupyter_plb.core.protocol import Buffer, Message
+from jupyter_plb.core.scheduler import unschedulable_reason
 from jupyter_plb.core.tasks import KeptTask, Task
 from jupyter_plb.errors import PlbError, TaskRejected
 
@@ -169,7 +170,7 @@ class ClientDesk:
             accepted.append(task.id)
             self.lb.store.submitted(task)
             self.lb.stats.submitted(task, now)
-            reason = self.lb.scheduler.unschedulable_reason(task) if self.lb.scheduler.slots else None
+            reason = unschedulable_reason(task, self.lb.scheduler.slots.values())
             if reason:
                 task.reason = reason
                 self.lb.unschedulable[task.id] = reason

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_plb.balancer.state import PREFETCH_BELOW, StoredFunction
 from jupyter_plb.core.protocol import FUNCTION_CACHE_SIZE, Buffer
-from jupyter_plb.core.scheduler import Slot
+from jupyter_plb.core.scheduler import Slot, stealable
 from jupyter_plb.core.tasks import Task, TaskState
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Dispatcher:
             slot = self.lb.scheduler.slot_of(slot_id)
             if slot is None or slot.assigned or not slot.accepting or slot.id in thieves:
                 continue
-            found = self.lb.scheduler.stealable(slot, set(self.lb.stealing))
+            found = stealable(self.lb.scheduler.slots.values(), slot, set(self.lb.stealing))
             if found is None:
                 return
             victim, task = found

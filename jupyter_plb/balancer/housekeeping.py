@@ -6,6 +6,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from jupyter_plb.core.scheduler import unschedulable_reason
 from jupyter_plb.core.tasks import TaskState
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Housekeeping:
 
     def recheck_unschedulable(self) -> None:
         for task in self.lb.scheduler.iter_queued() if self.lb.unschedulable or self.lb.scheduler.slots else []:
-            reason = self.lb.scheduler.unschedulable_reason(task)
+            reason = unschedulable_reason(task, self.lb.scheduler.slots.values())
             if reason and task.id not in self.lb.unschedulable:
                 task.reason = reason
                 self.lb.unschedulable[task.id] = reason

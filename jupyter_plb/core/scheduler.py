@@ -27,7 +27,7 @@ import heapq
 import itertools
 import math
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -137,6 +137,41 @@ def _describe_ranges(signatures: set[tuple[float, float, frozenset[str]]]) -> st
     return ", ".join(f"{lo:g}–{hi:g}" for lo, hi in ranges) or "none"
 
 
+def unschedulable_reason(task: Task, slots: Collection[Slot]) -> str | None:
+    """Why no connected slot could ever take ``task``, or None when one could."""
+    key = (task.priority, task.route)
+    if not slots or any(s.accepts(key) for s in slots):
+        return None
+    signatures = {s.signature for s in slots}
+    in_range = [s for s in slots if s.min_p <= task.priority <= s.max_p]
+    if task.route is not None and in_range:
+        offered = sorted(set().union(*(s.routes for s in slots)))
+        return (
+            f"no connected hub offers the task {task.route!r} at priority {task.priority:g} "
+            f"(offered: {', '.join(offered) or 'none'})"
+        )
+    return (
+        f"no connected worker accepts priority {task.priority:g} "
+        f"(ranges {_describe_ranges(signatures)})"
+    )
+
+
+def stealable(slots: Iterable[Slot], idle: Slot, exclude: set[str]) -> tuple[Slot, Task] | None:
+    """A prefetched (not running) task the idle slot could run, from the fullest other slot."""
+    best: tuple[Slot, Task] | None = None
+    for slot in slots:
+        if slot is idle or len(slot.assigned) < 2:
+            continue
+        if best is not None and len(slot.assigned) <= len(best[0].assigned):
+            continue
+        waiting = list(slot.assigned.values())[1:]
+        for task in reversed(waiting):
+            if task.id not in exclude and idle.accepts((task.priority, task.route)):
+                best = (slot, task)
+                break
+    return best
+
+
 class Scheduler:
     """Queues, fairness, priority ranges and per-user limits."""
 
@@ -185,24 +220,6 @@ class Scheduler:
 
     def is_queued(self, task: Task) -> bool:
         return task.queue_mark == _LIVE
-
-    def unschedulable_reason(self, task: Task) -> str | None:
-        """Why no connected slot could ever take ``task``, or None when one could."""
-        key = (task.priority, task.route)
-        if not self.slots or any(s.accepts(key) for s in self.slots.values()):
-            return None
-        signatures = {s.signature for s in self.slots.values()}
-        in_range = [s for s in self.slots.values() if s.min_p <= task.priority <= s.max_p]
-        if task.route is not None and in_range:
-            offered = sorted(set().union(*(s.routes for s in self.slots.values())))
-            return (
-                f"no connected hub offers the task {task.route!r} at priority {task.priority:g} "
-                f"(offered: {', '.join(offered) or 'none'})"
-            )
-        return (
-            f"no connected worker accepts priority {task.priority:g} "
-            f"(ranges {_describe_ranges(signatures)})"
-        )
 
     # -- slots ------------------------------------------------------------------------------
     def add_slot(
@@ -519,21 +536,6 @@ class Scheduler:
         self._serve_counter += 1
         user.last_served = self._serve_counter
         return task
-
-    def stealable(self, idle: Slot, exclude: set[str]) -> tuple[Slot, Task] | None:
-        """A prefetched (not running) task the idle slot could run, from the fullest other slot."""
-        best: tuple[Slot, Task] | None = None
-        for slot in self.slots.values():
-            if slot is idle or len(slot.assigned) < 2:
-                continue
-            if best is not None and len(slot.assigned) <= len(best[0].assigned):
-                continue
-            waiting = list(slot.assigned.values())[1:]
-            for task in reversed(waiting):
-                if task.id not in exclude and idle.accepts((task.priority, task.route)):
-                    best = (slot, task)
-                    break
-        return best
 
     def attach(self, slot_id: str, task: Task) -> None:
         """Record that a slot already holds ``task`` (a worker re-announcing after a restart)."""
