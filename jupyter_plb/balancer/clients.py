@@ -77,6 +77,8 @@ class ClientDesk:
             "version": versions.package_version(),
             "max_queued_per_user": self.lb.params["LB_QUEING_MAXPERUSER"],
             "result_retention": self.lb.params["LB_RESULT_RETENTION"],
+            #: Large arguments may come in shared memory (not in a team pool: workers of other uids).
+            "shared_memory": bool(self.lb.params["LB_SHARED_MEMORY"]) and self.lb.team is None,
             "user": self.lb.sender,  # with Curve: the user id its certificate binds the client to
             "hubs": [self.lb.hub_desk.hub_versions(hub) for hub in itertools.islice(self.lb.hubs.values(), 1000)
                      if hub.state != "lost"],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from jupyter_plb.balancer.state import PREFETCH_BELOW, StoredFunction
+from jupyter_plb.core import protocol, shm
 from jupyter_plb.core.protocol import FUNCTION_CACHE_SIZE, Buffer
 from jupyter_plb.core.scheduler import Slot, stealable
+from jupyter_plb.core.shm import Segment, SegmentError
 from jupyter_plb.core.tasks import Task, TaskState
 
 if TYPE_CHECKING:
@@ -78,6 +81,8 @@ class Dispatcher:
 
     def _send_tasks(self, worker_id: str, tasks: list[Task]) -> None:
         cache = self.lb.worker_functions.setdefault(worker_id, collections.OrderedDict())
+        hub = self.lb.hub_desk.hub_of(worker_id)
+        remote = hub is None or not hub.local
         specs: list[dict[str, Any]] = []
         buffers: list[Buffer] = []
         digests: list[bytes] = []
@@ -105,11 +110,30 @@ class Dispatcher:
                         [d, len(objects[d].buffers) if self._ship(cache, d, objects[d], buffers, digests) else 0]
                         for d in refs
                     ]
-            buffers.extend(task.buffers)
-            digests.extend(task.digests)
+            if remote and any(isinstance(b, Segment) for b in task.buffers):
+                spec["nbuf"] = self._materialize(task, buffers, digests)
+            else:
+                buffers.extend(task.buffers)
+                digests.extend(task.digests)
             specs.append(spec)
         if not self.lb.send("workers", worker_id.encode(), {"type": "tasks", "tasks": specs}, buffers, digests):
             self.lb.hub_desk.lose_worker(worker_id, "its connection is gone", count_attempt=False)
+
+    @staticmethod
+    def _materialize(task: Task, buffers: list[Buffer], digests: list[bytes]) -> int:
+        """A task's arguments for a hub on another machine: its segments' bytes (read here, where
+        they live) with their digests, so the far worker checks them as any buffer from a network.
+        A segment this process cannot read goes as it is: the task fails there, saying why."""
+        for buf, digest in zip(task.buffers, task.digests, strict=True):
+            with contextlib.suppress(SegmentError):
+                if isinstance(buf, Segment):
+                    view = shm.open_segment(buf.info, unlink=False)
+                    buffers.append(view)
+                    digests.append(protocol.digest(view))
+                    continue
+            buffers.append(buf)
+            digests.append(digest)
+        return len(task.buffers)
 
     @staticmethod
     def _ship(

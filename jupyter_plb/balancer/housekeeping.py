@@ -6,7 +6,9 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from jupyter_plb.core import shm
 from jupyter_plb.core.scheduler import unschedulable_reason
+from jupyter_plb.core.shm import Segment
 from jupyter_plb.core.tasks import TaskState
 
 if TYPE_CHECKING:
@@ -15,11 +17,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Seconds between sweeps of the shared-memory segments of dead processes.
+SWEEP_INTERVAL = 5.0
+
 class Housekeeping:
     """What the balancer does on its timer: heartbeats missed, timeouts, expiry, orphans, fair share."""
 
     def __init__(self, lb: Balancer) -> None:
         self.lb = lb
+        self.next_sweep = 0.0
 
     def tick(self) -> None:
         try:
@@ -30,6 +36,7 @@ class Housekeeping:
             self.lb.stats.roll(now, self.lb.scheduler.queued_count)
             self._sample_fair_share(now)
             self._requeue_orphans(now)
+            self._sweep_segments(now)
             self.lb.dispatcher.dispatch()
             self.lb.journal.commit()
             self.lb.results.flush()
@@ -38,6 +45,23 @@ class Housekeeping:
         finally:
             if self.lb.loop is not None and self.lb.sockets:
                 self.lb.timer = self.lb.loop.call_later(self.lb.tick_interval, self.tick)
+
+    def _sweep_segments(self, now: float) -> None:
+        """Every SWEEP_INTERVAL: remove the shared-memory segments of processes that died (a
+        client or worker killed), except those a task it holds still names."""
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + SWEEP_INTERVAL
+        if self.lb.params["LB_SHARED_MEMORY"]:
+            shm.sweep(keep=self._named_segments)
+
+    def _named_segments(self) -> set[str]:
+        names = set()
+        for task in self.lb.tasks.values():
+            for buf in (*getattr(task, "buffers", ()), *getattr(task, "result_buffers", ())):
+                if isinstance(buf, Segment):
+                    names.add(buf.info.name)
+        return names
 
     def _requeue_orphans(self, now: float) -> None:
         """Tasks running before a restart whose worker did not come back: their run was lost."""

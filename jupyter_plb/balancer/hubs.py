@@ -28,8 +28,8 @@ class HubDesk:
         """With Curve, a hub (and its workers) speaks only for the hub its certificate made."""
         h = msg.header
         ident = msg.identity.decode(errors="replace") if msg.identity else ""
-        named = (self.lb.hubs.get(str(h.get("hub"))), self._hub_of(str(h.get("worker"))))
-        for hub in (*named, self._hub_of(ident)):
+        named = (self.lb.hubs.get(str(h.get("hub"))), self.hub_of(str(h.get("worker"))))
+        for hub in (*named, self.hub_of(ident)):
             if hub is not None and hub.cert is not None and hub.cert != self.lb.sender:
                 raise TaskRejected(f"hub {hub.name} belongs to another certificate")
 
@@ -181,7 +181,7 @@ class HubDesk:
     def on_results(self, msg: Message) -> None:
         worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
         now = self.lb.now()
-        hub = self._hub_of(worker_id)
+        hub = self.hub_of(worker_id)
         if hub is not None and hub.state != "lost":
             hub.last_seen = now
         position = 0
@@ -316,7 +316,7 @@ class HubDesk:
         if task is not None and task.state is TaskState.RUNNING:
             self.requeue(task)
 
-    def _hub_of(self, worker_id: str) -> Hub | None:
+    def hub_of(self, worker_id: str) -> Hub | None:
         slot = self.lb.scheduler.slot_of(worker_id)
         if slot is not None:
             return self.lb.hubs.get(slot.group)
@@ -331,7 +331,7 @@ class HubDesk:
         ``retired``: it left cleanly (recycled, drained); its tasks requeue, nothing is "lost".
         ``error``: the failed task's error type (``WorkerMemoryExceeded`` when its hub killed it).
         """
-        hub = self._hub_of(worker_id)
+        hub = self.hub_of(worker_id)
         if hub is not None:
             hub.workers.pop(worker_id, None)
         self.lb.worker_functions.pop(worker_id, None)
@@ -368,7 +368,7 @@ class HubDesk:
 
     def kill_worker(self, worker_id: str, reason: str) -> None:
         """Ask the worker's hub to kill it (it is replaced at once); its tasks are settled now."""
-        hub = self._hub_of(worker_id)
+        hub = self.hub_of(worker_id)
         if hub is not None:
             self.lb.send("workers", hub.id.encode(), {
                 "type": "kill_worker", "worker": worker_id, "reason": reason,

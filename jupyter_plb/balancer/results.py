@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from jupyter_plb.balancer.state import PendingResults, retained
-from jupyter_plb.core import protocol
+from jupyter_plb.core import protocol, shm
 from jupyter_plb.core.history import record
 from jupyter_plb.core.protocol import Buffer
+from jupyter_plb.core.shm import Segment, SegmentError
 from jupyter_plb.core.tasks import KeptTask, Task, TaskState
 
 if TYPE_CHECKING:
@@ -135,6 +137,10 @@ class Results:
         self.lb.store.forget(task)
         if not task.result_offloaded:
             self.lb.result_bytes -= task.result_size
+        for buf in task.result_buffers:  # a result in shared memory lives as long as it is kept here
+            if isinstance(buf, Segment):
+                with contextlib.suppress(SegmentError, OSError):
+                    shm.unlink_segment(buf.info.name)
         if isinstance(task, Task):
             task.result_buffers = ()
             task.result_digests = ()

@@ -11,6 +11,7 @@ from typing import Any, TypeGuard
 
 from jupyter_plb.core import protocol, taskquery
 from jupyter_plb.core.protocol import Buffer
+from jupyter_plb.core.shm import Segment
 from jupyter_plb.core.tasks import Task
 
 #: Messages handled per socket, and seconds spent on it, before the next socket (and the loop)
@@ -86,7 +87,8 @@ def retained(buffers: Sequence[Buffer]) -> tuple[Buffer, ...]:
     finished tasks a fast map leaves behind add no objects for the garbage collector to visit
     (a memoryview of a received frame is one; bytes are not)."""
     return tuple(
-        bytes(protocol.buffer_view(buf)) if protocol.buffer_size(buf) < protocol.ZERO_COPY_THRESHOLD else buf
+        bytes(protocol.buffer_view(buf))
+        if protocol.buffer_size(buf) < protocol.ZERO_COPY_THRESHOLD and not isinstance(buf, Segment) else buf
         for buf in buffers
     )
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import ipaddress
 import itertools
 import logging
+import socket as stdsocket
 import threading
 import time
 import warnings
@@ -24,7 +26,7 @@ from jupyter_plb.client.broadcast import References
 from jupyter_plb.client.futures import PlbFuture, settle
 from jupyter_plb.client.outbox import Outbox
 from jupyter_plb.client.seed_results import SeedResults
-from jupyter_plb.core import parameters, protocol, versions
+from jupyter_plb.core import parameters, protocol, shm, versions
 from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.errors import (
     BalancerUnreachable,
@@ -50,6 +52,13 @@ PING_MS = 1000
 
 #: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
 _open_connections: set[Connection] = set()
+
+
+def _on_this_machine(address: str) -> bool:
+    """Whether the balancer's address is this machine's (loopback, or its host name)."""
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(address).is_loopback
+    return address in ("localhost", stdsocket.gethostname())
 
 
 @atexit.register
@@ -81,6 +90,9 @@ class Connection:
         self.max_queued_per_user = 0
         #: Hub id -> what differs between its Python/cloudpickle versions and this client's.
         self.version_skew: dict[str, str] = {}
+        #: The shared-memory segments of large task arguments, by task (None: the balancer is on
+        #: another machine or said not to use them); each task's are removed when its future settles.
+        self.segments: shm.SegmentRegistry | None = None
         self.closed = False
         #: The I/O thread ends after this turn and releases the sockets (nothing holds the connection).
         self._stopping = False
@@ -225,6 +237,17 @@ class Connection:
         if isinstance(retention, int | float) and retention >= 0:
             self.seed_results.retention = float(retention)
         self.check_versions(msg.header.get("hubs"), stacklevel=4)  # Client() in the user's code
+        if msg.header.get("shared_memory") and self.params["LB_SHARED_MEMORY"] and _on_this_machine(self.info.address):
+            self.segments = self.segments or shm.SegmentRegistry()
+
+    def share(self, task_id: str, buffers: list[Buffer]) -> list[Buffer]:
+        """``buffers`` with the large ones in shared-memory segments of the task, when the
+        balancer is on this machine (the segments are removed when the task's future settles)."""
+        segments = self.segments
+        if segments is None or not any(protocol.buffer_size(b) >= shm.THRESHOLD for b in buffers):
+            return buffers
+        digests = bool(self.params["LB_SHM_DIGESTS"])
+        return protocol.share(buffers, lambda buf: segments.write(task_id, buf, digest=digests))
 
     def check_versions(self, hubs: Any, stacklevel: int = 2) -> None:
         """Warn (VersionSkewWarning) of each hub whose Python minor or cloudpickle version is not ours."""
@@ -428,4 +451,6 @@ class Connection:
             for sock in (self._wake, self._wake_pull, self._tx, self.socket):
                 sock.close(linger=0)
         self.context.term()
+        if self.segments is not None:
+            self.segments.release_all()
         _open_connections.discard(self)

@@ -288,19 +288,25 @@ class _Submitter:
     ) -> tuple[dict[str, Any], list[Buffer], PlbFuture]:
         buffers, broadcasts = pickle_arguments(payload)
         task_id = protocol.new_id("t")
+        shared = self._connection.share(task_id, buffers)
         spec: dict[str, Any] = {
             "id": task_id,
             "name": name,
             "fn": fn_id,
             "user": self._defaults["user"],
             "priority": self._defaults.get("priority", 0),
-            "nbuf": len(buffers),
+            "nbuf": len(shared),
             "args": args_text(*payload),
             **self._limits(),
         }
         if broadcasts:
             spec["refs"] = broadcasts
-        return spec, buffers, PlbFuture(self._connection, task_id, name)
+        fut = PlbFuture(self._connection, task_id, name)
+        if shared is not buffers:
+            segments = self._connection.segments
+            assert segments is not None
+            fut.add_done_callback(lambda _: segments.release(task_id))
+        return spec, shared, fut
 
     def _failed(self, name: str, exc: BaseException) -> PlbFuture:
         """A future that failed before its task could leave (its function or arguments do not pickle)."""

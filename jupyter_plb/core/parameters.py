@@ -56,6 +56,9 @@ EXTRA_DEFAULTS: Parameters = {
     "LB_ALLOW_INSECURE": False,
     "LB_SECURITY_DIR": None,
     "LB_JOURNAL": "auto",
+    # large buffers between processes of one machine through /dev/shm (jupyter_plb.core.shm)
+    "LB_SHARED_MEMORY": True,
+    "LB_SHM_DIGESTS": False,
     # a team pool (jupyter_plb.core.team): identities from certificates, each user sees only their tasks
     "LB_TEAM": False,
     "LB_TEAM_ADMINS": [],
@@ -114,7 +117,7 @@ def _problem(key: str, value: Any) -> str | None:
     elif key == "LB_CURVE":
         if not (value == "auto" or isinstance(value, bool)):
             return f'must be "auto" (on when binding beyond loopback), true or false, got {value!r}'
-    elif key in ("LB_ALLOW_INSECURE", "LB_TEAM"):
+    elif key in ("LB_ALLOW_INSECURE", "LB_TEAM", "LB_SHARED_MEMORY", "LB_SHM_DIGESTS"):
         if not isinstance(value, bool):
             return f"must be true or false, got {value!r}"
     elif key in ("LB_BIND_IP", "LB_CONNECTION_FILE", "LB_SECURITY_DIR"):

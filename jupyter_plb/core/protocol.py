@@ -15,6 +15,11 @@ A message is ``[routing id] envelope large-buffer*``. The envelope is one frame:
   checks each buffer against its signed digest before that buffer is unpickled, so every byte is
   authenticated.
 
+A buffer of at least ``shm.THRESHOLD`` bytes between processes of one machine may instead live in
+a shared-memory segment (shm.py): the envelope then carries a small :class:`~.shm.Segment`
+buffer describing it (its size flagged with ``_SEGMENT``), signed and digested like any other, and
+:func:`loads` maps the segment where it unpickles.
+
 The balancer never unpickles what it forwards (task arguments, results), so it checks only the
 signature and passes the signed digests on (``verify=False``): a large buffer is hashed by its
 sender and by the process that unpickles it, never by the hops in between.
@@ -31,16 +36,18 @@ import os
 import pickle
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 import zmq
 
+from jupyter_plb.core import shm
+from jupyter_plb.core.shm import Segment
 from jupyter_plb.errors import DeserializationError, IntegrityError, ProtocolError, SerializationError
 
-VERSION = b"plb/2"
+VERSION = b"plb/3"
 DIGEST_SIZE = 32
 #: Functions and broadcast objects a worker keeps unpickled, by digest; the balancer mirrors this
 #: cache exactly (same insertions, uses and evictions, in the same order).
@@ -51,6 +58,8 @@ _SIGNED = len(VERSION) + DIGEST_SIZE
 _FIXED = _SIGNED + _COUNTS.size
 #: The size of a buffer that travels as its own frame rather than inside the first one.
 _EXTERNAL = 0xFFFFFFFF
+#: Set in the size of an inline buffer that describes a shared-memory segment (shm.Segment).
+_SEGMENT = 0x80000000
 MAX_BUFFERS = 1 << 20
 #: Buffers at least this large are sent and received without copying.
 ZERO_COPY_THRESHOLD = 64 * 1024
@@ -125,7 +134,10 @@ class Session:
         external: list[Buffer] = []
         for buf in buffers:
             size = buffer_size(buf)
-            if size >= ZERO_COPY_THRESHOLD:
+            if isinstance(buf, Segment):
+                sizes.append(_SEGMENT | size)
+                inline.append(buf)
+            elif size >= ZERO_COPY_THRESHOLD:
                 sizes.append(_EXTERNAL)
                 external.append(buf)
             else:
@@ -192,6 +204,10 @@ class Session:
                 if used < len(external):
                     buffers.append(external[used])
                 used += 1
+            elif length & _SEGMENT:
+                length &= ~_SEGMENT
+                buffers.append(Segment(envelope[position : position + length]))
+                position += length
             else:
                 buffers.append(envelope[position : position + length])
                 position += length
@@ -308,12 +324,33 @@ def dumps(obj: Any) -> list[Buffer]:
     return [main, *(b.raw() for b in extra)]
 
 
+def share(buffers: Sequence[Buffer], write: Callable[[Buffer], shm.SegmentInfo]) -> list[Buffer]:
+    """``buffers`` with each one of at least ``shm.THRESHOLD`` bytes written by ``write`` to a
+    shared-memory segment and replaced by the segment's description."""
+    return [
+        Segment.describing(write(b)) if not isinstance(b, Segment) and buffer_size(b) >= shm.THRESHOLD else b
+        for b in buffers
+    ]
+
+
+def mapped(buf: Buffer) -> memoryview | bytes:
+    """A buffer's bytes: a segment mapped (checked for owner and mode, and against its digest when
+    its description carries one), any other buffer as it is. Segments are removed by whoever made
+    them: a client when its task settles, the balancer when it drops a result."""
+    if not isinstance(buf, Segment):
+        return buffer_view(buf)
+    info = buf.info
+    return shm.open_segment(info, verify=info.digest is not None, unlink=False, writable=True)
+
+
 def loads(buffers: Sequence[Buffer]) -> Any:
-    """Unpickle what :func:`dumps` produced; call only on buffers of a verified message."""
+    """Unpickle what :func:`dumps` produced, segments mapped rather than copied; call only on
+    buffers of a verified message."""
     if not buffers:
         raise DeserializationError("no pickle buffer in the message")
+    views = [mapped(b) for b in buffers]
     try:
-        return pickle.loads(buffer_view(buffers[0]), buffers=[buffer_view(b) for b in buffers[1:]])
+        return pickle.loads(views[0], buffers=views[1:])
     except Exception as exc:
         raise DeserializationError(
             f"cannot unpickle ({type(exc).__name__}: {exc}); the sender may use another Python "

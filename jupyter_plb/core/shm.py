@@ -1,4 +1,4 @@
-"""Shared-memory segments for large buffers between processes of one machine (not wired in yet).
+"""Shared-memory segments for large buffers between processes of one machine.
 
 A sender that has a buffer of at least :data:`THRESHOLD` bytes for a process on its own machine
 writes it to a *segment*, a file in ``/dev/shm`` it creates with ``O_EXCL`` and mode 0600, with
@@ -34,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import mmap
 import os
 import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,26 @@ class SegmentInfo:
         if digest is not None and (not isinstance(digest, str) or not _DIGEST_PATTERN.fullmatch(digest)):
             raise SegmentError("digest", "a segment digest is 64 lowercase hexadecimal digits or null")
         return cls(name, size, digest)
+
+
+class Segment(bytes):
+    """A message buffer that stands for a segment: the compact JSON of its :class:`SegmentInfo`.
+
+    It is signed, journaled and forwarded as the small bytes it is (the envelope marks it, so it
+    is never taken for data); the process that unpickles the message maps the segment instead.
+    """
+
+    @classmethod
+    def describing(cls, info: SegmentInfo) -> Segment:
+        return cls(json.dumps(info.as_header(), separators=(",", ":")).encode())
+
+    @property
+    def info(self) -> SegmentInfo:
+        try:
+            described = json.loads(self)
+        except ValueError:
+            raise SegmentError("name", "a segment buffer is not the JSON of a segment") from None
+        return SegmentInfo.from_header(described)
 
 
 # -- names -------------------------------------------------------------------------------------------
@@ -261,13 +282,21 @@ class SegmentRegistry:
         return sum(self.release(key) for key in keys)
 
 
-def sweep(*, directory: Path = DIRECTORY, prefix: str = PREFIX) -> list[str]:
+def sweep(
+    *,
+    keep: Callable[[], Collection[str]] | None = None,
+    directory: Path = DIRECTORY,
+    prefix: str = PREFIX,
+) -> list[str]:
     """Remove the segments of this uid whose creator process no longer runs; return their names.
 
-    For a restart after a crash or a SIGKILL (a hub or a balancer starting calls it): the name
+    For a restart after a crash or a SIGKILL (the balancer calls it on its timer): the name
     says which process made the segment and when that process started; a segment is removed only
-    when no process with that pid and start time runs, and only when this uid owns it.
+    when no process with that pid and start time runs, and only when this uid owns it. ``keep``
+    names the segments still needed (a dead worker's result that its client has not read yet);
+    it is asked only when there is a dead creator's segment.
     """
+    kept: Collection[str] | None = None
     removed = []
     alive: dict[tuple[int, int], bool] = {}
     uid = os.getuid()
@@ -279,6 +308,10 @@ def sweep(*, directory: Path = DIRECTORY, prefix: str = PREFIX) -> list[str]:
             alive[creator] = _start_time(creator[0]) == creator[1]
         if alive[creator]:
             continue
+        if keep is not None:
+            kept = keep() if kept is None else kept
+            if name in kept:
+                continue
         path = directory / name
         try:
             info = os.lstat(path)

@@ -23,31 +23,35 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_plb.core.protocol import Buffer, buffer_size, buffer_view
+from jupyter_plb.core.shm import Segment
 from jupyter_plb.core.tasks import KeptTask, Task, TaskState
 
 log = logging.getLogger(__name__)
 
 
 _ONE = struct.Struct("<IQ")
+#: Set in a packed length when the buffer describes a shared-memory segment (shm.Segment).
+_SEGMENT_BIT = 1 << 63
 
 
 def pack_buffers(buffers: Sequence[Buffer]) -> bytes:
     """Buffers as one blob: a count, their lengths, then their bytes."""
-    if len(buffers) == 1:
+    if len(buffers) == 1 and not isinstance(buffers[0], Segment):
         view = buffer_view(buffers[0])
         if isinstance(view, bytes) or (view.format == "B" and view.ndim == 1):
             return _ONE.pack(1, len(view)) + view
     views = _views(buffers)
-    return _layout(views) + b"".join(views)
+    return _layout(buffers, views) + b"".join(views)
 
 
 def _views(buffers: Sequence[Buffer]) -> list[memoryview]:
     return [memoryview(buffer_view(b)).cast("B") for b in buffers]
 
 
-def _layout(views: Sequence[memoryview]) -> bytes:
-    """What precedes the bytes in a packed blob: the count, then each length."""
-    return struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
+def _layout(buffers: Sequence[Buffer], views: Sequence[memoryview]) -> bytes:
+    """What precedes the bytes in a packed blob: the count, then each length (segments flagged)."""
+    sizes = [v.nbytes | (_SEGMENT_BIT if isinstance(b, Segment) else 0) for b, v in zip(buffers, views, strict=True)]
+    return struct.pack(f"<I{len(sizes)}Q", len(sizes), *sizes)
 
 
 def unpack_buffers(blob: bytes | None) -> list[bytes]:
@@ -58,8 +62,10 @@ def unpack_buffers(blob: bytes | None) -> list[bytes]:
     position = 4 + 8 * count
     out = []
     for size in sizes:
-        out.append(blob[position : position + size])
-        position += size
+        length = size & ~_SEGMENT_BIT
+        piece = blob[position : position + length]
+        out.append(Segment(piece) if size & _SEGMENT_BIT else piece)
+        position += length
     return out
 
 
@@ -163,7 +169,7 @@ def _write_file(path: Path, packed: _Packed) -> None:
     views = _views(packed.buffers)
     partial = path.with_name(path.name + ".partial")
     with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-        out.write(_layout(views))
+        out.write(_layout(packed.buffers, views))
         out.writelines(views)
     os.replace(partial, path)
 

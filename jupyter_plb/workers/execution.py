@@ -58,12 +58,20 @@ def _error_info(exc: BaseException) -> dict[str, Any]:
 class TaskRunner:
     """Runs tasks one at a time; ``send`` carries its progress reports to the balancer."""
 
-    def __init__(self, routes: bytes, functions: FunctionCache, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        routes: bytes,
+        functions: FunctionCache,
+        send: Callable[[dict[str, Any]], None],
+        share_results: Callable[[list[Buffer]], list[Buffer]] | None = None,
+    ) -> None:
         self.routes: dict[str, tuple[Callable[..., Any], dict[str, Any], bool]] = {}
         for name, (fn, kwargs) in cloudpickle.loads(routes).items():
             self.routes[name] = (fn, kwargs, _accepts_progress(fn))
         self.functions = functions
         self.send = send
+        #: Moves a result's large buffers to shared memory (a hub on its balancer's machine).
+        self.share_results = share_results
         self.task_id: str | None = None
         #: The broadcast objects the running task's arguments name, while they are unpickled.
         self.task_objects: dict[str, Any] | None = None
@@ -91,6 +99,8 @@ class TaskRunner:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 value = self._call(spec, buffers)
             result_buffers = protocol.dumps(protocol.blob(value))
+            if self.share_results is not None:
+                result_buffers = self.share_results(result_buffers)
             header["state"] = "done"
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task only
             header["state"] = "failed"

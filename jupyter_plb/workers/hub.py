@@ -143,6 +143,8 @@ class WorkerHub:
             max_tasks=self.max_tasks_per_worker,
             setup=self._setup,
             setup_name=self.setup_name,
+            shared_memory=self.local and bool(self.params["LB_SHARED_MEMORY"]),
+            shm_digests=bool(self.params["LB_SHM_DIGESTS"]),
         )
         self._supervisor = Supervisor(
             loop, launch, memory_limit=self.memory_limit, report=self._tell_balancer, on_drained=self._request_stop

@@ -69,6 +69,9 @@ class WorkerLaunch:
     max_tasks: int
     setup: bytes
     setup_name: str
+    #: Large results in shared memory (a local hub, LB_SHARED_MEMORY), with digests (LB_SHM_DIGESTS).
+    shared_memory: bool = False
+    shm_digests: bool = False
 
     def config(self, worker_id: str, group: dict[str, Any], control_fd: int) -> WorkerConfig:
         return WorkerConfig(
@@ -86,6 +89,8 @@ class WorkerLaunch:
             curve=self.curve,
             setup=self.setup,
             setup_name=self.setup_name,
+            shared_memory=self.shared_memory,
+            shm_digests=self.shm_digests,
         )
 
 

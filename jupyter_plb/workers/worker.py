@@ -14,6 +14,7 @@ CPU-bound tasks fight it for the GIL.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -29,7 +30,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from jupyter_plb.core import protocol
+from jupyter_plb.core import protocol, shm
 from jupyter_plb.core.protocol import Buffer, Message, Session
 from jupyter_plb.transport import sockets
 from jupyter_plb.workers.cache import VERSIONS, FunctionCache, Unloadable
@@ -85,6 +86,10 @@ class WorkerConfig:
     #: The hub's setup hook, cloudpickled (b"": none), and its name for messages.
     setup: bytes = b""
     setup_name: str = ""
+    #: Large results go back in shared-memory segments (a hub on its balancer's machine), described
+    #: with their digests when ``shm_digests``.
+    shared_memory: bool = False
+    shm_digests: bool = False
 
 
 #: This process's task runner, once it is a worker.
@@ -134,7 +139,11 @@ class _Worker:
             self.context, config.url, config.worker_id, curve=config.curve
         )
         self.functions = FunctionCache()
-        self.runner = TaskRunner(config.routes, self.functions, self.send_from_task)
+        share = (
+            functools.partial(protocol.share, write=functools.partial(shm.write_segment, digest=config.shm_digests))
+            if config.shared_memory else None
+        )
+        self.runner = TaskRunner(config.routes, self.functions, self.send_from_task, share)
         #: (spec, buffers); buffers is None when they failed their digest check.
         self.pending: deque[tuple[dict[str, Any], list[Buffer] | None]] = deque()
         self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
