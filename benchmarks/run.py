@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
+import probes  # noqa: E402
 import workloads  # noqa: E402
 
 from jupyter_plb.client import Client  # noqa: E402
@@ -73,9 +74,25 @@ def warm_up(executor: Any, workers: int) -> None:
 
 
 # -- systems --------------------------------------------------------------------------------------
+def _hub_process(conn: Path, workers: int, probe_dir: str | None) -> subprocess.Popen[bytes]:
+    """The local hub, as ``start_local_hub`` starts it; through probed.py with ``probe_dir``."""
+    if probe_dir is None:
+        return start_local_hub(conn, workers, name="bench")
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "probed.py"), "hub", "hub", "--connect", str(conn), "--workers", str(workers),
+         "--name", "bench", "--local"],
+        start_new_session=True,
+    )
+
+
 @contextlib.contextmanager
-def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, float, list[int]]]:
-    """Balancer process + local hub; yields (client, seconds to first result, pids)."""
+def plb_system(
+    workers: int, journal: bool = True, probe_dir: str | None = None
+) -> Iterator[tuple[Client, float, list[int]]]:
+    """Balancer process + local hub; yields (client, seconds to first result, pids).
+
+    With ``probe_dir``, the balancer, the hub and its workers record stage timings there (probes.py).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         conn = Path(tmp) / "plb-connection.json"
         params = Path(tmp) / "parameters.json"
@@ -83,9 +100,13 @@ def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, flo
             "LB_CLIENTPULLPORT": 0, "LB_WKPULLPORT": 0, "LB_HCREPPORT": 0, "LB_JOURNAL": "auto" if journal else False,
         }))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+        command = [sys.executable, "-m", "jupyter_plb"]
+        if probe_dir is not None:
+            env[probes.ENV] = probe_dir
+            command = [sys.executable, str(HERE / "probed.py"), "balancer"]
         started = time.perf_counter()
         balancer = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_plb", "start",
+            [*command, "start",
              "-p", str(params), "--connection-file", str(conn), "--no-monitor"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
@@ -95,13 +116,14 @@ def plb_system(workers: int, journal: bool = True) -> Iterator[tuple[Client, flo
                 if balancer.poll() is not None:
                     raise RuntimeError("the balancer process exited")
                 time.sleep(0.005)
-            old_path = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-            hub = start_local_hub(conn, workers, name="bench")
-            if old_path is None:
-                del os.environ["PYTHONPATH"]
-            else:
-                os.environ["PYTHONPATH"] = old_path
+            saved = {key: os.environ.get(key) for key in ("PYTHONPATH", probes.ENV)}
+            os.environ.update({key: env[key] for key in saved if key in env})
+            hub = _hub_process(conn, workers, probe_dir)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
             client = Client(connection_file=conn, user="bench")
             client.submit(workloads.noop, 1).result(timeout=60)
             first = time.perf_counter() - started
@@ -215,7 +237,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument("--profile", action="store_true",
+                        help="W2 only: where a round trip's time goes, per process and stage (stages.py)")
     args = parser.parse_args()
+    if args.profile:
+        import stages
+
+        stages.main(sys.modules[__name__], round_trips=100 if args.quick else 1000, repeats=args.repeats,
+                    json_path=args.json)
+        return
     sizes = {"w1": 10_000, "w2": 1_000, "w3": 400, "w4": 200}
     if args.quick:
         sizes = {"w1": 1_000, "w2": 100, "w3": 80, "w4": 20}
