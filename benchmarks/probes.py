@@ -176,64 +176,63 @@ def _common() -> None:
 
 
 def _client() -> None:
-    from jupyter_plb.client import executor
+    from jupyter_plb.client import connection, executor, futures, outbox
 
     span(executor._Submitter, "submit", "submit()")
     span(executor._Submitter, "_function_task", "task spec (args text, ids)")
-    span(executor._Connection, "submit", "outbox / coalescing")
-    span(executor._Connection, "_receive", "I/O thread: receive")
-    span(executor._Connection, "_handle", "I/O thread: handle")
-    span(executor._Connection, "_settle", "I/O thread: settle future")
-    span(executor._Connection, "_send_acks", "I/O thread: acks")
-    span(executor.PlbFuture, "result", "result() (waits)")
+    span(outbox.Outbox, "add", "outbox / coalescing")
+    span(connection.Connection, "_receive", "I/O thread: receive")
+    span(connection.Connection, "_handle", "I/O thread: handle")
+    span(connection, "settle", "I/O thread: settle future")
+    span(connection.Connection, "_send_acks", "I/O thread: acks")
+    span(futures.PlbFuture, "result", "result() (waits)")
 
 
 def _balancer() -> None:
     import selectors
 
-    from jupyter_plb.balancer import service
+    from jupyter_plb.balancer import clients, dispatch, housekeeping, hubs, journal, results, service
     from jupyter_plb.core import scheduler, store
 
     span(selectors.EpollSelector, "select", "idle: epoll", kind=lambda a, r: 0)
     span(service.Balancer, "_pump", "pump (asyncio callback)")
     span(service.Balancer, "_handle", "handle a message")
-    span(service.Balancer, "_tick", "periodic tick")
-    for table in (service.Balancer._client_handlers, service.Balancer._worker_handlers):
-        for kind in ("submit", "results", "ack", "hello", "heartbeat"):
-            if kind in table:
-                span(table, kind, f"on_{kind}")
-    span(service.Balancer, "_dispatch", "dispatch")
+    span(housekeeping.Housekeeping, "tick", "periodic tick")
+    for desk, kind in ((clients.ClientDesk, "submit"), (clients.ClientDesk, "ack"), (clients.ClientDesk, "hello"),
+                       (hubs.HubDesk, "results"), (hubs.HubDesk, "heartbeat")):
+        span(desk, f"on_{kind}", f"on_{kind}")
+    span(dispatch.Dispatcher, "dispatch", "dispatch")
     span(scheduler.Scheduler, "dispatch", "scheduler.dispatch")
     span(scheduler.Scheduler, "submit", "scheduler.submit")
     span(scheduler.Scheduler, "release", "scheduler.release")
-    span(service.Balancer, "_send_tasks", "send tasks")
-    span(service.Balancer, "_finish", "finish (bookkeeping)")
-    span(service, "record", "history record")
-    span(service.Balancer, "_commit", "commit (journal)")
-    span(service.Balancer, "_send_replies", "send replies/results")
-    span(service.Balancer, "_event", "monitor event")
+    span(dispatch.Dispatcher, "_send_tasks", "send tasks")
+    span(results.Results, "finish", "finish (bookkeeping)")
+    span(results, "record", "history record")
+    span(journal.Journal, "commit", "commit (journal)")
+    span(results.Results, "send_replies", "send replies/results")
+    span(results.Results, "event", "monitor event")
     span(store.SqliteStore, "_write", "sqlite transaction")
     for name in ("submitted", "state", "finished", "collected"):
         span(store.SqliteStore, name, "journal: queue rows")
 
 
 def _worker() -> None:
-    from jupyter_plb.workers import worker
+    from jupyter_plb.workers import execution, worker
 
     span(worker._Worker, "receive_all", "receive all")
     span(worker._Worker, "accept_tasks", "accept tasks (verify args)")
     span(worker._Worker, "next_task", "next task (waits)")
-    span(worker._Worker, "run", "run task (all)")
-    span(worker._Worker, "call", "call (unpickle + fn)")
+    span(execution.TaskRunner, "run", "run task (all)")
+    span(execution.TaskRunner, "_call", "call (unpickle + fn)")
     span(worker._Worker, "flush", "flush results")
     span(worker._Worker, "hand_socket_to_io", "hand socket to I/O thread")
     span(worker._Worker, "take_socket_back", "take socket back")
 
 
 def _hub() -> None:
-    from jupyter_plb.workers import hub
+    from jupyter_plb.workers import supervisor
 
-    hub._WORKER_COMMAND = (
+    supervisor._WORKER_COMMAND = (
         "import probes; probes.install('worker'); "
         "from jupyter_plb.workers.worker import run_from_stdin; run_from_stdin()"
     )
