@@ -288,11 +288,8 @@ class _Worker:
                 raise self.leave
 
     def next_task(self) -> tuple[dict[str, Any], list[Buffer] | None]:
-        """The next task: straight from the queue while the I/O thread serves the socket and the
-        task is long; otherwise served here, receiving (and waiting) as needed."""
-        with self.lock:
-            if self.io_active and self.pending and not self.pending[0][0].get("short"):
-                return self.pending.popleft()
+        """The next task, after reading what arrived meanwhile: a task the balancer took back
+        (``skip``, another user's turn came) is never started, even one queued here."""
         self.take_socket_back()
         if self.leave is not None:
             raise self.leave
