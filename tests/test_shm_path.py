@@ -52,7 +52,8 @@ def pid_after(seconds: float, data: Any) -> int:
 
 
 def pid_file_then_wait(path: str, data: Any) -> int:
-    Path(path).write_text(str(os.getpid()))
+    with open(path, "a") as pids:  # one line per attempt
+        print(os.getpid(), file=pids)
     time.sleep(30)
     return len(data)
 
@@ -119,13 +120,13 @@ def test_segments_go_when_the_task_fails_or_is_cancelled(
 def test_a_worker_killed_mid_task_leaves_the_argument_for_the_retry(
     shm_client: Client, clean_shm: set[str], tmp_path: Path
 ) -> None:
-    marker = tmp_path / "pid"
+    marker = tmp_path / "pids"
+    marker.touch()
     fut = shm_client.options(retries=1).submit(pid_file_then_wait, str(marker), os.urandom(BIG))
-    wait_for(marker.exists, what="the task to start")
-    os.kill(int(marker.read_text()), signal.SIGKILL)
-    marker.unlink()
-    wait_for(marker.exists, what="the retry to start on another worker")
-    os.kill(int(marker.read_text()), signal.SIGKILL)
+    for attempt in ("the task", "its retry"):
+        wait_for(lambda n=attempt: len(marker.read_text().split()) == (1 if n == "the task" else 2),
+                 what=f"{attempt} to start")
+        os.kill(int(marker.read_text().split()[-1]), signal.SIGKILL)
     with pytest.raises(WorkerLost):
         fut.result(timeout=30)
 

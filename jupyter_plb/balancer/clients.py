@@ -15,7 +15,7 @@ from jupyter_plb.balancer.state import (
     finite,
     function_digest,
 )
-from jupyter_plb.core import protocol, team, versions
+from jupyter_plb.core import protocol, shm, team, versions
 from jupyter_plb.core.history import MAX_ARGS
 from jupyter_plb.core.protocol import Buffer, Message
 from jupyter_plb.core.scheduler import unschedulable_reason
@@ -77,8 +77,10 @@ class ClientDesk:
             "version": versions.package_version(),
             "max_queued_per_user": self.lb.params["LB_QUEING_MAXPERUSER"],
             "result_retention": self.lb.params["LB_RESULT_RETENTION"],
-            #: Large arguments may come in shared memory (not in a team pool: workers of other uids).
-            "shared_memory": bool(self.lb.params["LB_SHARED_MEMORY"]) and self.lb.team is None,
+            #: Which shared memory a client may put large arguments in: this machine's, when it is the
+            #: client's too (never in a team pool: workers of other uids).
+            "shared_memory": shm.machine_id()
+            if self.lb.params["LB_SHARED_MEMORY"] and self.lb.team is None else None,
             "user": self.lb.sender,  # with Curve: the user id its certificate binds the client to
             "hubs": [self.lb.hub_desk.hub_versions(hub) for hub in itertools.islice(self.lb.hubs.values(), 1000)
                      if hub.state != "lost"],

@@ -9,10 +9,8 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import ipaddress
 import itertools
 import logging
-import socket as stdsocket
 import threading
 import time
 import warnings
@@ -52,13 +50,6 @@ PING_MS = 1000
 
 #: Connections still open: closed at interpreter exit (their tasks stay on the balancer).
 _open_connections: set[Connection] = set()
-
-
-def _on_this_machine(address: str) -> bool:
-    """Whether the balancer's address is this machine's (loopback, or its host name)."""
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(address).is_loopback
-    return address in ("localhost", stdsocket.gethostname())
 
 
 @atexit.register
@@ -237,7 +228,8 @@ class Connection:
         if isinstance(retention, int | float) and retention >= 0:
             self.seed_results.retention = float(retention)
         self.check_versions(msg.header.get("hubs"), stacklevel=4)  # Client() in the user's code
-        if msg.header.get("shared_memory") and self.params["LB_SHARED_MEMORY"] and _on_this_machine(self.info.address):
+        shared = msg.header.get("shared_memory")
+        if shared and self.params["LB_SHARED_MEMORY"] and shared == shm.machine_id():
             self.segments = self.segments or shm.SegmentRegistry()
 
     def share(self, task_id: str, buffers: list[Buffer]) -> list[Buffer]:

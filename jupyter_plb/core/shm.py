@@ -103,6 +103,21 @@ class SegmentInfo:
         return cls(name, size, digest)
 
 
+def machine_id() -> str | None:
+    """Who shares this process's segments: this boot of this machine, and this ``/dev/shm``
+    (a container with its own has another); None when there is no segment directory.
+
+    Two processes with the same id see the same segments, whatever address one uses for the other
+    (an SSH tunnel's 127.0.0.1 is another machine).
+    """
+    try:
+        st = os.stat(DIRECTORY)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{st.st_dev}:{st.st_ino}"
+
+
 class Segment(bytes):
     """A message buffer that stands for a segment: the compact JSON of its :class:`SegmentInfo`.
 
