@@ -81,8 +81,6 @@ class Dispatcher:
 
     def _send_tasks(self, worker_id: str, tasks: list[Task]) -> None:
         cache = self.lb.worker_functions.setdefault(worker_id, collections.OrderedDict())
-        hub = self.lb.hub_desk.hub_of(worker_id)
-        remote = hub is None or not hub.local
         specs: list[dict[str, Any]] = []
         buffers: list[Buffer] = []
         digests: list[bytes] = []
@@ -110,7 +108,7 @@ class Dispatcher:
                         [d, len(objects[d].buffers) if self._ship(cache, d, objects[d], buffers, digests) else 0]
                         for d in refs
                     ]
-            if remote and any(isinstance(b, Segment) for b in task.buffers):
+            if any(isinstance(b, Segment) for b in task.buffers) and self._remote(worker_id):
                 spec["nbuf"] = self._materialize(task, buffers, digests)
             else:
                 buffers.extend(task.buffers)
@@ -118,6 +116,11 @@ class Dispatcher:
             specs.append(spec)
         if not self.lb.send("workers", worker_id.encode(), {"type": "tasks", "tasks": specs}, buffers, digests):
             self.lb.hub_desk.lose_worker(worker_id, "its connection is gone", count_attempt=False)
+
+    def _remote(self, worker_id: str) -> bool:
+        """Whether the worker's hub is on another machine than this balancer (not ``--local``)."""
+        hub = self.lb.hub_desk.hub_of(worker_id)
+        return hub is None or not hub.local
 
     @staticmethod
     def _materialize(task: Task, buffers: list[Buffer], digests: list[bytes]) -> int:
