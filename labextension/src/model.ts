@@ -316,6 +316,15 @@ export function isAddressableUser(user: string): boolean {
   return user !== '' && user !== '.' && user !== '..';
 }
 
+/**
+ * Whether the viewer may cancel ``user``'s tasks: anyone on a personal balancer; in a team
+ * pool only the user themself or an admin (the balancer refuses anyone else).
+ */
+export function mayCancelUser(snapshot: Snapshot, user: string): boolean {
+  const viewer = snapshot.viewer;
+  return !viewer?.team || viewer.admin || viewer.user === user;
+}
+
 /** Users, in the balancer's order (by name). */
 export function userRows(snapshot: Snapshot): IUserRow[] {
   return snapshot.users.map((u, index) => ({
@@ -329,7 +338,8 @@ export function userRows(snapshot: Snapshot): IUserRow[] {
     runningText: formatCount(u.running),
     doneText: formatCount(u.done ?? 0),
     failedText: formatCount(u.failed ?? 0),
-    canCancel: u.queued > 0 && isAddressableUser(u.user)
+    canCancel:
+      u.queued > 0 && isAddressableUser(u.user) && mayCancelUser(snapshot, u.user)
   }));
 }
 

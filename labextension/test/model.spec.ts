@@ -113,6 +113,19 @@ describe('hostile strings stay strings', () => {
     expect(rows.find(r => r.user === 'x')?.canCancel).toBe(true);
   });
 
+  it('offers cancel in a team pool only on the viewer\'s own row, or to an admin', () => {
+    const s = sample();
+    s.viewer = { user: 'bob', admin: false, team: true };
+    expect(userRows(s).map(r => [r.user, r.canCancel])).toEqual([
+      ['alice', false],
+      ['bob', true]
+    ]);
+    s.viewer = { user: 'carol', admin: true, team: true };
+    expect(userRows(s).map(r => r.canCancel)).toEqual([true, true]);
+    s.viewer = { user: null, admin: false, team: false };
+    expect(userRows(s).map(r => r.canCancel)).toEqual([true, true]);
+  });
+
   it('coerces only scalars to text', () => {
     expect(asText({ toString: () => XSS })).toBe('');
     expect(asText([XSS])).toBe('');

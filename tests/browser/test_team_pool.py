@@ -290,6 +290,11 @@ def test_two_users_share_the_team_pool_fairly_and_survive_its_restart(pool: Pool
             for other in ("alice", "bob"):
                 expect(_share_row(panel, other)).to_have_count(1, timeout=TIMEOUT_MS)
             expect(_share_row(panel, user)).to_have_class("jp-plb-share-row jp-plb-mod-you")
+            # Only the user's own row offers "Cancel queued": the balancer refuses the others.
+            other = "bob" if user == "alice" else "alice"
+            others_cancel = panel.locator(".jp-plb-user-row").filter(has_text=other).locator("button")
+            expect(others_cancel).to_have_count(1)
+            expect(others_cancel).to_be_hidden()
             ARTIFACTS.mkdir(exist_ok=True)
             pages[user].screenshot(path=str(ARTIFACTS / f"team-pool-{user}.png"))
         api_users = {u["user"]: u for u in bob.api("/plb/api/status")["users"]}
@@ -301,6 +306,10 @@ def test_two_users_share_the_team_pool_fairly_and_survive_its_restart(pool: Pool
         expect(share).to_have_count(2, timeout=TIMEOUT_MS)
         expect(monitor.locator("#share-table tr.share-you td.user")).to_have_text("bob")
         expect(monitor.locator("#share-viewer")).to_contain_text("Team pool · you are bob")
+        alices_cancel = monitor.locator('#users-table tr[data-key="alice"] button[data-action="cancel-user"]')
+        expect(alices_cancel).to_have_count(1)
+        expect(alices_cancel).to_be_hidden()
+        expect(monitor.locator('#users-table tr[data-key="bob"] button[data-action="cancel-user"]')).to_be_visible()
         monitor.screenshot(path=str(ARTIFACTS / "team-pool-monitor.png"), full_page=True)
         monitor.close()
 

@@ -783,12 +783,21 @@
       },
       render: (td, u) => {
         const b = td.firstChild;
-        const dis = !(num(u.queued) > 0) || state.pendingCancels.has(`user:${str(u.user)}`);
+        const allowed = mayCancelUser(str(u.user));
+        const dis = !allowed || !(num(u.queued) > 0) || state.pendingCancels.has(`user:${str(u.user)}`);
         if (b.disabled !== dis) b.disabled = dis;
+        if (b.hidden !== !allowed) b.hidden = !allowed;
         setTitle(b, `cancel the queued tasks of ${str(u.user)}`);
       },
     },
   ]);
+  // In a team pool only a user themself or an admin may cancel a user's tasks (the balancer
+  // refuses anyone else), so other users' rows have no Cancel button.
+  function mayCancelUser(user) {
+    const viewer = obj(state.snap && state.snap.viewer);
+    return viewer.team !== true || viewer.admin === true || str(viewer.user) === user;
+  }
+
   function renderUsers(snap) {
     const users = arr(snap.users).map(obj);
     userBarMax = Math.max(1, ...users.map((u) => (num(u.queued) || 0) + (num(u.running) || 0)));
