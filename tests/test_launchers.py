@@ -41,6 +41,11 @@ def square(x: int) -> int:
     return x * x
 
 
+def setup_ran_here(_: int) -> bool:
+    """Whether the hub's setup hook (tests.setup_hooks:mark_worker) ran in this worker."""
+    return os.environ.get("PLB_SETUP_MARK") == str(os.getpid())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,8 +175,8 @@ def test_plb_ssh_starts_hubs_runs_tasks_and_stops_them(
     with open(output, "wb") as out:
         launcher = subprocess.Popen(
             [*PLB, "ssh", "127.0.0.1", "--connect", str(connection_file), "--workers", "2",
-             "--grace", "5", "--remote-command", REMOTE_PLB, "--remote-dir", str(remote_dir),
-             *ssh_args(sshd)],
+             "--grace", "5", "--setup", "tests.setup_hooks:mark_worker",
+             "--remote-command", REMOTE_PLB, "--remote-dir", str(remote_dir), *ssh_args(sshd)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -180,6 +185,7 @@ def test_plb_ssh_starts_hubs_runs_tasks_and_stops_them(
         hub = client.status()["hubs"][0]
         assert hub["name"] == "127.0.0.1" and hub["state"] == "ok"
         assert list(client.map(square, range(50), timeout=30)) == [x * x for x in range(50)]
+        assert all(client.map(setup_ran_here, range(10), timeout=30)), "--setup reaches the remote hub"
         copies = list(remote_dir.glob("plb-connection-*.json"))
         assert len(copies) == 1 and copies[0].read_bytes() == connection_file.read_bytes()
         assert stat.S_IMODE(copies[0].stat().st_mode) == 0o600
@@ -256,7 +262,8 @@ def test_slurm_script_starts_one_draining_hub_per_node(
     done = plb("slurm", "--connect", str(connection_file), "--nodes", "4",
                "--workers-per-node", "32",
                "--time", "1:00:00", "--partition", "short", "--account", "proj42", "--grace", "60",
-               "--memory-limit", "4G", "--tasks", "mymodule:TASKS", "--dry-run")
+               "--memory-limit", "4G", "--tasks", "mymodule:TASKS", "--setup", "mymodule:warm_up",
+               "--dry-run")
     assert done.returncode == 0, done.stderr
     script = done.stdout
     assert script.startswith("#!/bin/bash\n")
@@ -265,7 +272,7 @@ def test_slurm_script_starts_one_draining_hub_per_node(
         assert f"#SBATCH {directive}\n" in script
     assert "srun --ntasks-per-node=1" in script
     assert (f"plb hub --connect {connection_file} --workers 32 --tasks mymodule:TASKS --grace 60 "
-            "--memory-limit 4G") in script
+            "--memory-limit 4G --setup mymodule:warm_up") in script
     assert '--name "slurm-${SLURM_JOB_ID}-${SLURMD_NODENAME}"' in script
     assert f"if [ ! -r {connection_file} ]" in script
     assert "WARNING: the connection file gives the balancer's address as 127.0.0.1" in script

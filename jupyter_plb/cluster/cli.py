@@ -167,6 +167,7 @@ def _hub_options(args: argparse.Namespace) -> Any:
     return HubOptions(
         workers=getattr(args, "workers", None), tasks=args.tasks, grace=args.grace,
         memory_limit=args.memory_limit, max_tasks_per_worker=args.max_tasks_per_worker,
+        setup=args.setup,
     )
 
 
@@ -292,6 +293,9 @@ def _add_remote_hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", metavar="SIZE", help="resident memory per worker, e.g. 2G")
     p.add_argument("--max-tasks-per-worker", type=int, default=0, metavar="N",
                    help="replace a worker after N tasks")
+    p.add_argument("--setup", metavar="MODULE:FUNCTION",
+                   help="call FUNCTION() in each new worker of the hubs before it takes tasks "
+                        "(importable on the remote side)")
 
 
 def _add_batch_options(p: argparse.ArgumentParser, queue_flag: str, time_flag: str) -> None:

@@ -44,6 +44,8 @@ class HubOptions:
     grace: float | None = None
     memory_limit: str | None = None
     max_tasks_per_worker: int | None = None
+    #: ``MODULE:FUNCTION`` each new worker calls before it takes tasks (importable on the far side).
+    setup: str | None = None
 
     def arguments(self) -> list[str]:
         args: list[str] = []
@@ -57,6 +59,8 @@ class HubOptions:
             args += ["--memory-limit", str(self.memory_limit)]
         if self.max_tasks_per_worker:
             args += ["--max-tasks-per-worker", str(self.max_tasks_per_worker)]
+        if self.setup:
+            args += ["--setup", self.setup]
         return args
 
 
@@ -113,6 +117,7 @@ class BatchJob:
             grace=self.options.grace,
             memory_limit=self.options.memory_limit,
             max_tasks_per_worker=self.options.max_tasks_per_worker,
+            setup=self.options.setup,
         )
         args = shlex.join(["hub", "--connect", str(self.connection_file), *options.arguments()])
         return f'exec {self.plb_command} {args} --name "{name}"'
