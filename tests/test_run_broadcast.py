@@ -17,7 +17,7 @@ import pytest
 
 from jupyter_plb.client import Broadcast, Client
 from jupyter_plb.errors import PlbError, RemoteTraceback, SerializationError, TaskRejected, WorkerLost
-from jupyter_plb.workers.spawn import stop_process
+from jupyter_plb.workers.spawn import start_local_hub, stop_process
 from jupyter_plb.workers.worker import cache_info
 
 from .conftest import ROOT, wait_for, worker_count
@@ -192,3 +192,20 @@ def test_a_failing_setup_hook_is_reported_and_not_restarted(
     assert stderr.count("setup hook tests.setup_hooks:fail failed, so this worker does not start") == 2, stderr
     assert stderr.count("not starting it again") == 2, stderr
     assert len(log.read_text().split()) == 2  # tried once per worker, no crash loop
+
+
+def test_queued_tasks_naming_a_broadcast_object_survive_a_balancer_restart(balancer_process) -> None:
+    lb = balancer_process()
+    with Client(connection_file=lb.connection_file, user="journal") as client:
+        data = client.broadcast(np.arange(1000.0))
+        futures = [client.submit(total, data, i) for i in range(5)]  # no hub yet: they wait
+        outbox = client._connection.outbox
+        wait_for(lambda: not outbox.unacked and not outbox.waiting, what="the submits to be journaled")
+        lb.kill()
+        lb.start()
+        hub = start_local_hub(lb.connection_file, 2, name="after-restart")
+        try:
+            assert [f.result(timeout=40) for f in futures] == [499500.0 + i for i in range(5)]
+        finally:
+            stop_process(hub)
+        assert client.status()["totals"]["failed"] == 0

@@ -172,7 +172,7 @@ class ClientDesk:
                     self.lb.objects[digest].refs += 1
             self.lb.tasks[task.id] = task
             accepted.append(task.id)
-            self.lb.store.submitted(task)
+            self.lb.store.submitted(task, refs)
             self.lb.stats.submitted(task, now)
             reason = unschedulable_reason(task, self.lb.scheduler.slots.values())
             if reason:

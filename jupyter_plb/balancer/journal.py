@@ -64,6 +64,7 @@ class Journal:
                 continue
             if task.fn is not None and task.fn in self.lb.functions:
                 self.lb.functions[task.fn].refs += 1
+            self._restore_objects(task, stored.objects)
             if task.state is TaskState.RUNNING:
                 self.lb.orphans[task.id] = task
             else:
@@ -76,6 +77,18 @@ class Journal:
             self.lb.orphans_deadline = self.lb.now() + ORPHAN_GRACE * self.lb.params["LB_HEARTBEAT_INTERVAL"]
             log.info("LB - RESTORED from %s: %s", getattr(self.lb.store, "path", "journal"),
                      ", ".join(f"{n} {s}" for s, n in sorted(restored.items())))
+
+    def _restore_objects(self, task: Task, objects: dict[str, list[bytes]]) -> None:
+        """The broadcast objects a restored task names, kept for it (no client pins them any
+        more: a reference used after the restart must be broadcast again)."""
+        if not objects:
+            return
+        for digest, buffers in objects.items():
+            stored = self.lb.objects.get(digest)
+            if stored is None:
+                stored = self.lb.objects[digest] = StoredFunction(buffers, [protocol.digest(b) for b in buffers])
+            stored.refs += 1
+        self.lb.task_objects[task.id] = tuple(objects)
 
     def commit(self) -> None:
         """Hand this batch's journal writes over; "submitted" replies and results leave once the

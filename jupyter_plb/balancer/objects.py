@@ -45,6 +45,7 @@ class SharedObjects:
         stored = self.lb.objects.get(digest)
         if stored is None:
             stored = self.lb.objects[digest] = StoredFunction(list(msg.buffers), digests)
+            self.lb.store.function(digest, msg.buffers)  # journaled: queued tasks that name it survive a restart
         stored.pins += 1
         self.lb.reply("clients", msg, {"type": "broadcasted", "digest": digest})
 
@@ -61,6 +62,7 @@ class SharedObjects:
         if stored is None or stored.pins > 0 or stored.refs > 0:
             return
         del self.lb.objects[digest]
+        self.lb.store.drop_function(digest)
         for worker_id, cache in self.lb.worker_functions.items():
             if digest in cache:
                 del cache[digest]

@@ -18,7 +18,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,12 @@ def unpack_buffers(blob: bytes | None) -> list[bytes]:
 
 @dataclass(slots=True)
 class StoredTask:
-    """A task as read back from a journal."""
+    """A task as read back from a journal: with its function's pickles and, for a queued or
+    running task, the broadcast objects it names (digest -> pickles)."""
 
     task: Task
     fn_buffers: list[bytes]
+    objects: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 class TaskStore:
@@ -82,11 +84,14 @@ class TaskStore:
 
     durable = False
 
-    def submitted(self, task: Task) -> None:
-        """A task was accepted (with its argument buffers)."""
+    def submitted(self, task: Task, objects: Sequence[str] = ()) -> None:
+        """A task was accepted (with its argument buffers and the broadcast objects it names)."""
 
     def function(self, fn_id: str, buffers: Sequence[Buffer]) -> None:
-        """A pickled function that accepted tasks refer to."""
+        """A pickled function, or a broadcast object, that accepted tasks refer to by digest."""
+
+    def drop_function(self, fn_id: str) -> None:
+        """A broadcast object no reference and no task needs any more."""
 
     def state(self, task: Task) -> None:
         """A task changed state (queued, running on a worker, attempts)."""
@@ -251,13 +256,15 @@ class SqliteStore(TaskStore):
             log.warning("LB - journal: the %s of task %s is gone (%s)", table[:-1], task_id, exc)
             return []
 
-    def submitted(self, task: Task) -> None:
+    def submitted(self, task: Task, objects: Sequence[str] = ()) -> None:
         spec = {
             "user": task.user, "priority": task.priority, "name": task.name, "route": task.route,
             "fn": task.fn, "payload": task.payload, "args": task.args, "timeout": task.timeout, "retries": task.retries,
             "chunk": task.chunk, "submitted": task.submitted,
             "client": task.client.decode(errors="replace") if task.client else None,
         }
+        if objects:
+            spec["objects"] = list(objects)
         small = self._small(task.id, task.buffers)
         self._queue(
             "INSERT OR IGNORE INTO tasks (seq, id, spec, state, attempts, buffers) VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,6 +282,9 @@ class SqliteStore(TaskStore):
 
     def function(self, fn_id: str, buffers: Sequence[Buffer]) -> None:
         self._queue_packed("INSERT OR IGNORE INTO functions (fn, buffers) VALUES (?, ?)", fn_id, buffers)
+
+    def drop_function(self, fn_id: str) -> None:
+        self._queue("DELETE FROM functions WHERE fn = ?", (fn_id,))
 
     def state(self, task: Task) -> None:
         self._queue(
@@ -382,7 +392,9 @@ class SqliteStore(TaskStore):
         self._wait_written()
         self._db.execute(
             "DELETE FROM functions WHERE fn NOT IN (SELECT json_extract(spec, '$.fn') FROM tasks "
-            "WHERE state IN ('queued', 'running') AND json_extract(spec, '$.fn') IS NOT NULL)"
+            "WHERE state IN ('queued', 'running') AND json_extract(spec, '$.fn') IS NOT NULL) "
+            "AND fn NOT IN (SELECT o.value FROM tasks, json_each(tasks.spec, '$.objects') AS o "
+            "WHERE state IN ('queued', 'running'))"
         )
         functions = {
             fn: unpack_buffers(blob) for fn, blob in self._db.execute("SELECT fn, buffers FROM functions")
@@ -418,7 +430,8 @@ class SqliteStore(TaskStore):
                 task.ended = ended
                 task.collected = collected
                 task.progress = 100 if task.state is TaskState.DONE else None
-            yield StoredTask(task, functions.get(task.fn, []) if task.fn else [])
+            objects = {d: functions[d] for d in spec.get("objects", ()) if d in functions} if active else {}
+            yield StoredTask(task, functions.get(task.fn, []) if task.fn else [], objects)
 
     def _drop_unused_files(self) -> None:
         """Remove pickle files no row names (a crash between writing one and its commit)."""
