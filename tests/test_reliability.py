@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from jupyter_plb.client import Client
 from jupyter_plb.core import protocol
 from jupyter_plb.core.store import SqliteStore, pack_buffers, unpack_buffers
 from jupyter_plb.core.tasks import Task, TaskState
+from jupyter_plb.errors import BalancerUnreachable
+from jupyter_plb.transport import connection
 from jupyter_plb.workers.spawn import start_local_hub, stop_process
 
-from .conftest import wait_for, worker_count
+from .conftest import BalancerProcess, wait_for, worker_count
+from .peers import Peer
+
+T = TypeVar("T")
 
 
 def record_run(folder: str, key: int, seconds: float) -> int:
@@ -128,6 +137,141 @@ def test_balancer_killed_and_restarted_loses_nothing(balancer_process, tmp_path:
             assert after.result(timeout=20) == 10
         with Client(connection_file=lb.connection_file) as other:
             assert other.getTask(finished.task_id)["progress"] in (100, None)
+    finally:
+        stop_process(hub)
+
+
+def journaled_state(lb: BalancerProcess, task_id: str) -> str | None:
+    """The state the balancer's journal holds for a task (read-only, beside the running balancer)."""
+    path = lb.connection_file.with_name(lb.connection_file.stem + ".journal.sqlite")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        row = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return row[0] if row else None
+
+
+class HandMadeHub:
+    """A hub made by hand: hello, then a heartbeat every 0.1 s naming ``workers`` alive, and a
+    hello again when a new balancer asks (``reregister``). Its socket lives in its own thread."""
+
+    def __init__(self, info: connection.ConnectionInfo, workers: list[str]) -> None:
+        self.info = info
+        self.workers = workers
+        self.state = "ok"
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hand-made-hub", daemon=True)
+        self.thread.start()
+
+    def _hello(self, peer: Peer) -> None:
+        peer.send({"type": "hub_hello", "hub": "hub_hand", "name": "hand", "routes": [], "state": self.state})
+
+    def _run(self) -> None:
+        peer = Peer(self.info.worker_url, self.info.key_bytes, identity="hub_hand")
+        try:
+            self._hello(peer)
+            while not self.stopping.wait(0.1):
+                peer.send({"type": "heartbeat", "hub": "hub_hand", "state": self.state, "workers": self.workers})
+                if any(msg.type == "reregister" for msg in peer.replies(wait=0)):
+                    self._hello(peer)
+        finally:
+            peer.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def worker_ready(worker: str, **held: Any) -> dict[str, Any]:
+    """A hand-made worker's announcement; ``held``: what it still holds (``running``, ``finished``)."""
+    return {"type": "worker_ready", "worker": worker, "hub": "hub_hand", "pid": 0,
+            "min_p": -1000, "max_p": 1000, "process_p": 0, "routes": [], "tasks": [], **held}
+
+
+def answered(query: Callable[[], T]) -> T | None:
+    """``query()``, or None while the balancer is away: a query sent into the dead connection is
+    not sent again (the client says BalancerUnreachable), so a condition must ask again."""
+    try:
+        return query()
+    except BalancerUnreachable:
+        return None
+
+
+def hub_state(client: Client, name: str) -> str | None:
+    return answered(lambda: next((h["state"] for h in client.hubs() if h["name"] == name), None))
+
+
+def test_a_task_lost_with_the_dead_connection_runs_again_though_its_worker_comes_back(
+    balancer_process, tmp_path: Path
+) -> None:
+    """Two workers each hold a task the journal says runs when the balancer is killed; their hub
+    heartbeats both alive throughout. One lost its task (its result, or the ``tasks`` message,
+    died with the connection): it comes back holding nothing, and the task runs again elsewhere.
+    The other still holds a finished, unsent result: it says so, and that result is the one kept."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    lb = balancer_process()
+    info = connection.read(lb.connection_file)
+    lost, kept = (Peer(info.worker_url, info.key_bytes, identity=w) for w in ("w_lost", "w_kept"))
+    hub = HandMadeHub(info, [lost.identity, kept.identity])
+    real = None
+    try:
+        with Client(connection_file=lb.connection_file, user="orphans") as client:
+            wait_for(lambda: hub_state(client, "hand") == "ok", what="the hand-made hub")
+            for peer in (lost, kept):
+                peer.send(worker_ready(peer.identity))
+            wait_for(lambda: worker_count(client) == 2, what="the hand-made workers")
+            submitted = [client.submit(record_run, str(runs), i, 0.0) for i in range(2)]
+            futures = {f.task_id: (i, f) for i, f in enumerate(submitted)}
+            held = {peer.identity: peer.wait_for("tasks").header["tasks"][0]["id"] for peer in (lost, kept)}
+            wait_for(lambda: all(journaled_state(lb, t) == "running" for t in held.values()), what="the journal")
+            hub.state = "draining"  # so the task that runs again goes to the real hub below
+            lb.kill()
+            lb.start()
+            wait_for(lambda: hub_state(client, "hand") == "draining", what="the hub to register again")
+            lost.send(worker_ready(lost.identity))
+            kept_index = futures[held["w_kept"]][0]
+            kept.send(worker_ready(kept.identity, finished=[held["w_kept"]]))
+            real = start_local_hub(lb.connection_file, 1, name="real")
+            lost_index, lost_future = futures[held["w_lost"]]
+            assert lost_future.result(timeout=30) == lost_index
+            assert len((runs / str(lost_index)).read_text().split()) == 1
+            row = next(t for t in client.tasks(limit=100)["tasks"] if t["id"] == held["w_kept"])
+            assert (row["state"], row["worker"]) == ("running", "w_kept"), "it waits for the result its worker holds"
+            now = time.time()
+            result_buffers = protocol.dumps(kept_index)
+            kept.send({"type": "results", "worker": kept.identity, "results": [{
+                "id": held["w_kept"], "state": "done", "started": now, "ended": now, "nbuf": len(result_buffers),
+            }]}, result_buffers)
+            assert futures[held["w_kept"]][1].result(timeout=30) == kept_index
+            assert not (runs / str(kept_index)).exists(), "the result the worker still held was run again"
+    finally:
+        hub.stop()
+        for peer in (lost, kept):
+            peer.close()
+        if real is not None:
+            stop_process(real)
+
+
+def test_a_task_running_across_a_restart_stays_on_its_worker_and_runs_once(
+    balancer_process, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    lb = balancer_process()
+    hub = start_local_hub(lb.connection_file, 2, name="steady")
+    try:
+        with Client(connection_file=lb.connection_file, user="steady") as client:
+            wait_for(lambda: worker_count(client) == 2, what="2 workers")
+            long = client.submit(record_run, str(runs), 0, 8.0)
+            wait_for(lambda: (runs / "0").exists(), what="the long task to start")
+            wait_for(lambda: journaled_state(lb, long.task_id) == "running", what="the journal")
+            lb.kill()
+            lb.start()
+            wait_for(lambda: answered(lambda: worker_count(client)) == 2, what="the workers to register again")
+            busy = [w["task"]["id"] for h in client.status()["hubs"] for w in h["workers"] if w["task"]]
+            assert busy == [long.task_id], "the running task occupies its worker's slot"
+            assert [f.result(timeout=30) for f in [client.submit(double, i) for i in range(4)]] == [0, 2, 4, 6]
+            assert long.result(timeout=30) == 0
+            assert len((runs / "0").read_text().split()) == 1, "the running task ran twice"
     finally:
         stop_process(hub)
 

@@ -341,3 +341,19 @@ def test_only_tasks_the_balancer_knows_short_wait_deeper_than_one() -> None:
         s.submit(task(f"A{i}", "alice"))
     assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: False)] == ["A0", "A1"], "one may wait"
     assert [t.id for _, t in s.dispatch(may_prefetch=lambda t: True)] == ["A2"]
+
+
+def test_tasks_attached_behind_a_running_one_are_provisional() -> None:
+    s = Scheduler(max_queued_per_user=0, prefetch=4)
+    s.add_slot("w1", "hub", 0, 10, ANY)
+    for t in (task("A0", "alice"), task("A1", "alice"), task("A2", "alice")):
+        s.attach("w1", t)  # a worker re-announcing after a restart: it runs A0, A1 and A2 wait
+    assert held(s, "w1") == ["A0", "A1", "A2"] and s.running_count == 3
+    s.submit(task("B0", "bob"))
+    assert s.dispatch() == [], "the slot is full"
+    revoked = s.take_back()
+    assert [t.id for _, t in revoked] == ["A1", "A2"], "bob waits: alice's waiting tasks come back"
+    hand_back(s, revoked)
+    assert s.user_counts() == {"alice": (2, 1), "bob": (1, 0)}
+    s.release("w1", "A0")
+    assert drain(s) == ["A1", "B0", "A2"], "then one at a time, in the fairness order"

@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import stat
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,18 @@ from jupyter_plb.balancer import Balancer, function_digest
 from jupyter_plb.client import Client, default_user
 from jupyter_plb.cluster.launch import LocalCluster
 from jupyter_plb.core import parameters, protocol
-from jupyter_plb.core.protocol import Message, Session
 from jupyter_plb.errors import (
     BalancerUnreachable,
     ConnectionFileError,
     ParametersError,
     TaskRejected,
 )
-from jupyter_plb.transport import connection, security, sockets
+from jupyter_plb.transport import connection, security
 from jupyter_plb.transport.security import CertificateError, InsecureBinding, PeerKeys
 from jupyter_plb.workers.spawn import stop_process
 
 from .conftest import free_params, wait_for, worker_count
-
-#: How long a hand-made peer listens for an answer that must not come.
-SILENCE = 0.5
+from .peers import SILENCE, Peer
 
 
 def append_line(path: str, text: str) -> str:
@@ -50,51 +46,7 @@ def square(x: int) -> int:
     return x * x
 
 
-# -- a hand-made peer ------------------------------------------------------------------------------
-class Peer:
-    """A DEALER with the keys we choose, signing with the key we choose; reads what comes back."""
-
-    def __init__(
-        self, url: str, key: bytes, curve: PeerKeys | None = None, identity: str | None = None
-    ):
-        self.context = zmq.Context()
-        self.identity = identity or protocol.new_id("peer")
-        self.socket = sockets.connect_dealer(
-            self.context, url, self.identity, linger_ms=0, curve=curve
-        )
-        self.session = Session(key)
-        self.reader = Session(key)
-
-    def send(self, header: dict[str, Any], buffers: list[Any] | None = None) -> list[Any]:
-        frames = self.session.serialize(header, buffers or [])
-        self.send_frames(frames)
-        return frames
-
-    def send_frames(self, frames: list[Any]) -> None:
-        protocol.send(self.socket, frames)
-
-    def replies(self, wait: float = SILENCE) -> list[Message]:
-        """Every verified message that arrives within ``wait`` seconds of silence."""
-        out = []
-        while self.socket.poll(wait * 1000):
-            frames = self.socket.recv_multipart()
-            out.append(self.reader.deserialize(frames))
-        return out
-
-    def wait_for(self, kind: str, timeout: float = 20) -> Message:
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            if self.socket.poll(left * 1000):
-                msg = self.reader.deserialize(self.socket.recv_multipart())
-                if msg.type == kind:
-                    return msg
-        raise AssertionError(f"no {kind!r} message within {timeout} s")
-
-    def close(self) -> None:
-        self.socket.close(linger=0)
-        self.context.term()
-
-
+# -- hand-made peers ------------------------------------------------------------------------------
 class Peers:
     """Makes peers, closes them all at the end; ``silent()`` checks none of them got an answer."""
 

@@ -165,18 +165,45 @@ class HubDesk:
             "rss": None,
         }
         log.info("LB - ADDING WORKER (%s)", worker_id)
-        self._reclaim(worker_id, h.get("tasks", []))
+        self._reclaim(worker_id, hub_id, h)
         self.lb.housekeeping.recheck_unschedulable()
 
-    def _reclaim(self, worker_id: str, task_ids: list[Any]) -> None:
-        """A worker that re-announces itself after a restart still holds these tasks."""
-        for task_id in task_ids[: 1 + self.lb.params["LB_PREFETCH"]]:
-            task = self.lb.orphans.pop(str(task_id), None)
+    def _reclaim(self, worker_id: str, hub_id: str, announced: dict[str, Any]) -> None:
+        """A worker announcing itself to a restarted balancer names what it holds (workers/worker.py):
+        the task it runs and those behind it take its slot again; the tasks whose results it has not
+        sent stay orphans until those results come (or, if it dies first, the grace period ends).
+        Every other task the journal left running on it was lost with the old connection (its
+        ``tasks`` message, or its result): queued again now, since the worker is back without it.
+
+        At most ``1 + LB_PREFETCH`` claims count: all a worker holds was on its slot at once (a
+        slot lets a task go only when its result arrives).
+        """
+        room = 1 + self.lb.params["LB_PREFETCH"]
+        running = announced.get("running")
+        running_ids = [running] if isinstance(running, str) else []
+        waiting = _ids(announced.get("tasks"), room - len(running_ids))
+        finished = _ids(announced.get("finished"), room - len(running_ids) - len(waiting))
+        for task_id in running_ids + waiting:
+            task = self.lb.orphans.pop(task_id, None)
             if task is not None:
                 self.lb.scheduler.attach(worker_id, task)
+                task.worker, task.hub = worker_id, hub_id
+                if task_id in running_ids and task.started is None:
+                    task.started = self.lb.now()
+            elif task_id in waiting and (task_id not in self.lb.tasks or self.lb.tasks[task_id].state.finished):
+                self.lb.send("workers", worker_id.encode(), {"type": "skip", "id": task_id})
+        for task_id in finished:
+            task = self.lb.orphans.get(task_id)
+            if task is not None:
                 task.worker = worker_id
-            elif str(task_id) not in self.lb.tasks or self.lb.tasks[str(task_id)].state.finished:
-                self.lb.send("workers", worker_id.encode(), {"type": "skip", "id": str(task_id)})
+        held = {*running_ids, *waiting, *finished}
+        lost = [t for t in self.lb.orphans.values() if t.worker == worker_id and t.id not in held]
+        if lost:
+            log.warning("LB - %d task(s) running on %s before the restart were lost with its connection; "
+                        "queued again", len(lost), worker_id)
+        for task in lost:
+            del self.lb.orphans[task.id]
+            self.requeue(task)
 
     def on_results(self, msg: Message) -> None:
         worker_id = msg.identity.decode(errors="replace") if msg.identity else ""
@@ -378,3 +405,8 @@ class HubDesk:
     def skip_on_worker(self, task: Task) -> None:
         if task.worker is not None:
             self.lb.send("workers", task.worker.encode(), {"type": "skip", "id": task.id})
+
+
+def _ids(value: Any, limit: int) -> list[str]:
+    """Up to ``limit`` task ids from an announcement's list (anything else: none)."""
+    return [str(i) for i in value[: max(0, limit)]] if isinstance(value, list) else []

@@ -538,8 +538,14 @@ class Scheduler:
         return task
 
     def attach(self, slot_id: str, task: Task) -> None:
-        """Record that a slot already holds ``task`` (a worker re-announcing after a restart)."""
+        """Record that a slot already holds ``task`` (a worker re-announcing after a restart): the
+        first one attached is the one it runs, the others wait behind it, provisional, as when
+        dispatched (``take_back`` may revoke them; a slot may hold more than its capacity)."""
         slot = self.slots[slot_id]
+        if slot.assigned and slot.provisional_user is None:
+            slot.provisional_user = task.user
+            self._provisional[slot.id] = slot
+            self._provisional_users[task.user] += 1
         slot.assigned[task.id] = task
         self._users.setdefault(task.user, _User(task.user)).running += 1
 

@@ -9,6 +9,13 @@ long task runs (one the balancer did not mark ``short``), an I/O thread owns the
 sends the previous result and takes in the next tasks during the task, so the gap between two long
 tasks is a queue pop, not a receive and a send. (A thread for every task would make short,
 CPU-bound tasks fight it for the GIL.)
+
+Its ``worker_ready`` announcement (at start, and again for a restarted balancer) names everything it
+holds, so a restarted balancer can tell which of the tasks its journal left on this worker were lost
+with the old connection: ``running``, the task it runs (or null); ``finished``, the tasks whose
+results it has not sent yet (they follow on the same connection); ``tasks``, the ones it has not
+started. A result already handed to the socket is not named: it reaches the balancer before the
+announcement.
 """
 
 from __future__ import annotations
@@ -147,9 +154,11 @@ class _Worker:
         #: (spec, buffers); buffers is None when they failed their digest check.
         self.pending: deque[tuple[dict[str, Any], list[Buffer] | None]] = deque()
         self.outgoing: list[tuple[dict[str, Any], list[Buffer]]] = []
+        #: The id of the task taken from ``pending`` until its result is in ``outgoing``.
+        self.running: str | None = None
         self.first_unsent = 0.0
         self.completed = 0
-        #: Guards ``pending``, ``outgoing`` and ``notes`` between the main and the I/O thread.
+        #: Guards ``pending``, ``running``, ``outgoing`` and ``notes`` between the main and the I/O thread.
         self.lock = threading.Lock()
         #: Messages a running task sends (progress) while the I/O thread owns the socket.
         self.notes: list[dict[str, Any]] = []
@@ -173,7 +182,12 @@ class _Worker:
         protocol.send(self.socket, self.session.serialize(header, buffers or []))
 
     def announce(self) -> None:
+        """Say ``worker_ready``, naming every task this worker holds (see the module docstring)."""
         c = self.config
+        with self.lock:
+            pending = [spec.get("id") for spec, _ in self.pending]
+            running = self.running
+            finished = [header.get("id") for header, _ in self.outgoing]
         self.send({
             "type": "worker_ready",
             "worker": c.worker_id,
@@ -185,7 +199,9 @@ class _Worker:
             "routes": sorted(self.runner.routes),
             "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "cloudpickle": cloudpickle.__version__,
-            "tasks": [spec.get("id") for spec, _ in list(self.pending)],
+            "running": running,
+            "finished": finished,
+            "tasks": pending,
         })
 
     def receive_all(self) -> None:
@@ -280,6 +296,7 @@ class _Worker:
                 if not self.outgoing:
                     self.first_unsent = time.monotonic()
                 self.outgoing.append(result)
+                self.running = None
                 if self.io_active:
                     self.wake_io()
             if self.config.max_tasks and self.completed >= self.config.max_tasks:
@@ -307,7 +324,9 @@ class _Worker:
         ):
             self.flush()
         with self.lock:
-            return self.pending.popleft()
+            spec, buffers = self.pending.popleft()
+            self.running = spec.get("id")
+        return spec, buffers
 
     # -- the I/O thread ---------------------------------------------------------------------
     def wake_io(self) -> None:

@@ -371,11 +371,15 @@ def test_a_user_cannot_touch_another_users_tasks_nor_claim_to_be_them(pool: Pool
     assert alice.kernel.run("print(fut.result(30))").strip() == "9"
     assert alice.api(f"/plb/api/tasks/{task_id}")["state"] == "done"
 
-    # Bob's snapshot shows Alice's queue sizes and share, not her task ids or errors.
-    # (each server's snapshot is at most half a second old: wait until Alice's shows her finished task)
-    wait_for(lambda: task_id in json.dumps(alice.api("/plb/api/status")["timeline"]), 10, "alice's timeline")
-    snapshot = bob.api("/plb/api/status")
-    assert len(snapshot["timeline"]) == len(alice.api("/plb/api/status")["timeline"])
+    # Bob's snapshot shows Alice's queue sizes and share, not her task ids or errors: his timeline
+    # has her finished task (as many entries as hers), without its id. Each server's snapshot is up
+    # to half a second old, so wait until Alice's shows her task and both timelines agree.
+    def agreeing() -> dict[str, Any] | None:
+        hers, his = alice.api("/plb/api/status"), bob.api("/plb/api/status")
+        shown = task_id in json.dumps(hers["timeline"]) and len(hers["timeline"]) == len(his["timeline"])
+        return his if shown else None
+
+    snapshot = wait_for(agreeing, 10, "both servers' timelines to show alice's finished task")
     assert task_id not in json.dumps(snapshot)
 
     # A forged user: Bob's map "as alice" is charged to Bob.
